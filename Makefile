@@ -1,0 +1,59 @@
+# convserve: the two commands that matter are `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STORE  ?= model_store
+PORT   ?= 8000
+HOST   ?= 127.0.0.1
+
+.PHONY: serve test lint train bench browser clean help
+
+help:
+	@echo "make serve   - create .venv, install, serve the embedded model on http://$(HOST):$(PORT)"
+	@echo "make test    - create .venv with dev extras, run the whole suite"
+	@echo "make train   - train SimpleConvNet on MNIST and publish it to $(STORE) as 'mnist' (alias staging)"
+	@echo "make bench   - run the benchmarks (installs the optional torch extra)"
+	@echo "make lint    - ruff"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# One stamp per extra set, rebuilt when pyproject.toml changes.
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed-base
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed-base
+
+serve: $(VENV)/.installed-base
+	$(BIN)/convserve serve --store $(STORE) --host $(HOST) --port $(PORT)
+
+# Browser tests need Debian's chromium; install it when we can (root + apt), else they skip.
+browser:
+	@bash scripts/ensure-browser.sh
+
+# pytest exits 5 when it collected nothing: say so loudly instead of failing obscurely.
+test: $(VENV)/.installed-dev browser
+	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+train: $(VENV)/.installed-base
+	$(BIN)/convserve train --store $(STORE) --publish --name mnist --alias staging --out runs/mnist.npz
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/serve_load.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""convserve service: the Flask app that serves bundles from the model store."""

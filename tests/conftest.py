@@ -1,0 +1,50 @@
+"""Shared fixtures: real MNIST when it is on this machine, tiny generated IDX files otherwise."""
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_mnist_dir() -> Path | None:
+    """$MNIST_DIR, then ../shared/data/mnist beside the repository."""
+    for candidate in (os.environ.get("MNIST_DIR"), REPO.parent / "shared" / "data" / "mnist"):
+        if candidate and (Path(candidate) / "t10k-images-idx3-ubyte.gz").is_file():
+            return Path(candidate)
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    _, _, dtype_code, ndim = struct.unpack(">BBBB", data[:4])
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def synthetic_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Digit-like 28x28 uint8 images: thick saturated strokes (so pooling windows tie)."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, count).astype(np.uint8)
+    for i, label in enumerate(labels):
+        top, left = 6 + rng.integers(-2, 3), 8 + rng.integers(-2, 3)
+        images[i, top : top + 16, left + label : left + label + 4] = 255
+        images[i, top + label : top + label + 3, left : left + 12] = 255
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def mnist_images() -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 28, 28), labels uint8 (N,)) from the MNIST test set, or synthetic."""
+    directory = find_mnist_dir()
+    if directory is None:
+        return synthetic_digits(64)
+    images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[:64]
+    labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[:64]
+    return np.array(images), np.array(labels)

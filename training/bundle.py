@@ -1,0 +1,205 @@
+"""Weight bundles: one ``.npz`` holding the named weight arrays plus a JSON metadata entry.
+
+Everything needed to rebuild *and feed* the model travels with the weights (the idea of the
+safetensors header): the architecture spec, the input contract (28x28 pixels, 0-255, MNIST
+convention, the normalisation computed on the training split), the class labels, how it was
+trained, its metrics. Nothing goes through pickle: the metadata is a 0-d unicode array and the
+file is read with ``numpy.load(..., allow_pickle=False)``.
+
+Importable by the service: depends on numpy and the network only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training import __version__
+from training.errors import BundleInvalid
+from training.network import Network
+
+FORMAT_VERSION = 1
+METADATA_KEY = "__metadata__"
+IMAGE_SHAPE = (28, 28)
+
+
+def input_contract(mean: float, std: float) -> dict:
+    """The input description stored in a bundle: raw pixels (0 background, 255 ink) are scaled
+    to [0, 1], then standardised with the training split's mean and std."""
+    return {
+        "shape": list(IMAGE_SHAPE),
+        "pixel_range": [0, 255],
+        "convention": "MNIST: 0 is background, 255 is ink",
+        "scale": 1.0 / 255.0,
+        "mean": float(mean),
+        "std": float(std),
+    }
+
+
+def normalise(pixels: np.ndarray, contract: dict, dtype=np.float32) -> np.ndarray:
+    """Raw pixels (N, 28, 28) in 0-255 -> network input (N, 1, 28, 28) in ``dtype``.
+
+    Trainer and service share this one function, so both see the same numbers.
+    """
+    x = np.asarray(pixels, dtype=dtype).reshape(-1, 1, *IMAGE_SHAPE)
+    # One fused affine map: (p * scale - mean) / std == p * a + c.
+    a = dtype(contract["scale"] / contract["std"])
+    c = dtype(-contract["mean"] / contract["std"])
+    return x * a + c
+
+
+@dataclass
+class Bundle:
+    """A loaded, validated bundle: the network, its metadata and where it came from."""
+
+    network: Network
+    metadata: dict
+    path: Path | None = None
+
+    @property
+    def class_labels(self) -> list:
+        return self.metadata["class_labels"]
+
+    @property
+    def input(self) -> dict:
+        return self.metadata["input"]
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels (N, 28, 28) in 0-255 (MNIST convention) -> probabilities (N, num_classes)."""
+        return self.network.predict_proba(normalise(pixels, self.input, self.network.dtype.type))
+
+
+def build_metadata(
+    network: Network,
+    *,
+    contract: dict,
+    class_labels: list,
+    training: dict | None = None,
+    metrics: dict | None = None,
+    data_fingerprint: dict | None = None,
+    history: list | None = None,
+) -> dict:
+    """The metadata dict for ``save_bundle``, with the fields every bundle has."""
+    if len(class_labels) != network.spec["num_classes"]:
+        raise ValueError(
+            f"{len(class_labels)} class labels for a {network.spec['num_classes']}-class network"
+        )
+    return {
+        "format_version": FORMAT_VERSION,
+        "architecture": network.spec,
+        "dtype": str(network.dtype),
+        "input": contract,
+        "class_labels": list(class_labels),
+        "training": training or {},
+        "metrics": metrics or {},
+        "history": history or [],
+        "data_fingerprint": data_fingerprint or {},
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "convserve_version": __version__,
+    }
+
+
+def bundle_bytes(network: Network, metadata: dict) -> bytes:
+    """Serialise a network and its metadata to ``.npz`` bytes."""
+    arrays = {key: np.ascontiguousarray(value) for key, value in network.state().items()}
+    if METADATA_KEY in arrays:
+        raise ValueError(f"parameter name {METADATA_KEY!r} is reserved")
+    arrays[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def save_bundle(path: str | os.PathLike, network: Network, metadata: dict) -> Path:
+    """Write a bundle atomically: a temporary file in the same directory, fsynced, then renamed,
+    so a reader never sees half a bundle."""
+    path = Path(path)
+    data = bundle_bytes(network, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_npz(source, label: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(source, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise BundleInvalid(f"{label}: contains a pickled object array; refused") from None
+        raise BundleInvalid(f"{label}: not a valid .npz bundle ({exc})") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+        raise BundleInvalid(f"{label}: not a readable .npz bundle ({exc})") from None
+
+
+def parse_bundle(arrays: dict[str, np.ndarray], label: str = "bundle") -> Bundle:
+    """Validate the arrays of a bundle and build its network. Raises BundleInvalid naming the
+    bundle and the offending key."""
+    if METADATA_KEY not in arrays:
+        raise BundleInvalid(f"{label}: missing the {METADATA_KEY!r} entry")
+    raw = arrays.pop(METADATA_KEY)
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise BundleInvalid(f"{label}: {METADATA_KEY!r} must be a JSON string")
+    try:
+        metadata = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise BundleInvalid(f"{label}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise BundleInvalid(f"{label}: metadata must be a JSON object")
+    for key in ("format_version", "architecture", "input", "class_labels"):
+        if key not in metadata:
+            raise BundleInvalid(f"{label}: metadata is missing {key!r}")
+    if metadata["format_version"] != FORMAT_VERSION:
+        raise BundleInvalid(
+            f"{label}: format version {metadata['format_version']!r} is not supported "
+            f"(this is convserve {__version__}, format {FORMAT_VERSION})"
+        )
+    contract = metadata["input"]
+    for key in ("scale", "mean", "std"):
+        value = contract.get(key) if isinstance(contract, dict) else None
+        if not isinstance(value, int | float) or not np.isfinite(value):
+            raise BundleInvalid(f"{label}: input contract needs a finite number {key!r}")
+    if contract["std"] <= 0:
+        raise BundleInvalid(f"{label}: input contract 'std' must be positive")
+    for key, value in arrays.items():
+        if value.dtype not in (np.float32, np.float64):
+            raise BundleInvalid(f"{label}: weight {key!r} has dtype {value.dtype}, not float")
+    try:
+        network = Network(metadata["architecture"], params=arrays)
+    except ValueError as exc:
+        raise BundleInvalid(f"{label}: {exc}") from None
+    if len(metadata["class_labels"]) != network.spec["num_classes"]:
+        raise BundleInvalid(f"{label}: class_labels does not match num_classes")
+    return Bundle(network=network, metadata=metadata)
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Load and validate a bundle file. Raises BundleInvalid with the path and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleInvalid(f"{path}: no such bundle file")
+    bundle = parse_bundle(_read_npz(path, str(path)), str(path))
+    bundle.path = path
+    return bundle
+
+
+def load_bundle_bytes(data: bytes, label: str = "bundle") -> Bundle:
+    """Like ``load_bundle`` for bytes already in memory (the store hashes and loads one read)."""
+    return parse_bundle(_read_npz(io.BytesIO(data), label), label)
