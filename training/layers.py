@@ -143,9 +143,9 @@ class Conv2D(Layer):
         # col2im: each filter tap adds its patch gradient back onto the input positions it read.
         for i in range(kh):
             for j in range(kw):
-                dx[:, :, i : i + s * oh : s, j : j + s * ow : s] += dcols[:, :, :, :, i, j].transpose(
-                    0, 3, 1, 2
-                )
+                dx[:, :, i : i + s * oh : s, j : j + s * ow : s] += dcols[
+                    :, :, :, :, i, j
+                ].transpose(0, 3, 1, 2)
         p = self.pad
         if p:
             dx = dx[:, :, p:-p, p:-p]

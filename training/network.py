@@ -238,9 +238,10 @@ class Network:
                 raise ValueError(f"needs (C, H, W) input, got {shape}")
             filters, kernel = spec["filters"], spec.get("kernel", 3)
             fan_in = shape[0] * kernel * kernel
-            W = (rng.standard_normal((filters, shape[0], kernel, kernel)) * math.sqrt(2 / fan_in))
-            layer = Conv2D(W.astype(dt), np.zeros(filters, dt), spec.get("stride", 1),
-                           spec.get("pad", 0))
+            W = rng.standard_normal((filters, shape[0], kernel, kernel)) * math.sqrt(2 / fan_in)
+            layer = Conv2D(
+                W.astype(dt), np.zeros(filters, dt), spec.get("stride", 1), spec.get("pad", 0)
+            )
             out = layer.output_shape(shape)
             return layer, out, {"W": layer.W.shape, "b": layer.b.shape}
         if kind == "maxpool2d":
@@ -260,10 +261,17 @@ class Network:
             return layer, (units,), {"W": layer.W.shape, "b": layer.b.shape}
         if kind == "batchnorm":
             features = shape[0]
-            layer = BatchNorm(np.ones(features, dt), np.zeros(features, dt),
-                              momentum=spec.get("momentum", 0.9), eps=spec.get("eps", 1e-5))
-            return layer, shape, {k: (features,) for k in ("gamma", "beta", "running_mean",
-                                                            "running_var")}
+            layer = BatchNorm(
+                np.ones(features, dt),
+                np.zeros(features, dt),
+                momentum=spec.get("momentum", 0.9),
+                eps=spec.get("eps", 1e-5),
+            )
+            return (
+                layer,
+                shape,
+                {k: (features,) for k in ("gamma", "beta", "running_mean", "running_var")},
+            )
         if kind == "flatten":
             return Flatten(), (math.prod(shape),), {}
         if kind == "relu":
@@ -272,8 +280,11 @@ class Network:
             return Sigmoid(), shape, {}
         if kind == "dropout":
             # A child generator: dropout masks are reproducible from the training seed.
-            return Dropout(spec.get("rate", 0.5), np.random.default_rng(rng.integers(2**63))), \
-                shape, {}
+            return (
+                Dropout(spec.get("rate", 0.5), np.random.default_rng(rng.integers(2**63))),
+                shape,
+                {},
+            )
         raise ValueError(f"unknown layer type {kind!r}")  # validate_spec catches this first
 
     # ------------------------------------------------------------------ state
@@ -298,7 +309,9 @@ class Network:
         the error names the failing key."""
         missing = sorted(set(self.expected_shapes) - set(arrays))
         if missing:
-            raise ValueError(f"missing weight {missing[0]!r} (expected {sorted(self.expected_shapes)})")
+            raise ValueError(
+                f"missing weight {missing[0]!r} (expected {sorted(self.expected_shapes)})"
+            )
         unexpected = sorted(set(arrays) - set(self.expected_shapes))
         if unexpected:
             raise ValueError(f"unexpected weight {unexpected[0]!r}")

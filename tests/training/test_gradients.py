@@ -49,14 +49,15 @@ def check_layer(layer, x, rtol=1e-5, atol=1e-7):
     np.testing.assert_allclose(dx, numerical_gradient(loss, x), rtol=rtol, atol=atol)
     for name, param in layer.params().items():
         np.testing.assert_allclose(
-            analytic[name], numerical_gradient(loss, param), rtol=rtol, atol=atol,
+            analytic[name],
+            numerical_gradient(loss, param),
+            rtol=rtol,
+            atol=atol,
             err_msg=f"gradient of {name}",
         )
 
 
-@pytest.mark.parametrize(
-    "stride,pad,channels", [(1, 0, 1), (2, 1, 3), (1, 2, 2), (3, 0, 2)]
-)
+@pytest.mark.parametrize("stride,pad,channels", [(1, 0, 1), (2, 1, 3), (1, 2, 2), (3, 0, 2)])
 def test_conv2d_gradients(stride, pad, channels):
     rng = np.random.default_rng(0)
     W = rng.standard_normal((4, channels, 3, 3))
@@ -126,8 +127,10 @@ def test_elementwise_gradients(layer_cls):
 
 def test_affine_gradients_on_4d_input():
     rng = np.random.default_rng(4)
-    check_layer(Affine(rng.standard_normal((12, 5)), rng.standard_normal(5)),
-                rng.standard_normal((3, 3, 2, 2)))
+    check_layer(
+        Affine(rng.standard_normal((12, 5)), rng.standard_normal(5)),
+        rng.standard_normal((3, 3, 2, 2)),
+    )
 
 
 @pytest.mark.parametrize("shape", [(6, 4), (4, 3, 3, 3)])
@@ -175,14 +178,16 @@ def network_gradient_check(net, x, labels, check_input=True):
     analytic = {k: v.copy() for k, v in net.backward().items()}
     for name, param in net.params().items():
         numeric = numerical_gradient(lambda: net.loss(x, labels), param)
-        np.testing.assert_allclose(analytic[name], numeric, rtol=1e-4, atol=1e-7,
-                                   err_msg=f"gradient of {name}")
+        np.testing.assert_allclose(
+            analytic[name], numeric, rtol=1e-4, atol=1e-7, err_msg=f"gradient of {name}"
+        )
     if not check_input:
         return
     dx = net.input_gradient(x, labels)
     x = x.copy()
-    np.testing.assert_allclose(dx, numerical_gradient(lambda: net.loss(x, labels), x),
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        dx, numerical_gradient(lambda: net.loss(x, labels), x), rtol=1e-4, atol=1e-7
+    )
 
 
 def small_convnet_spec(num_classes=3):
