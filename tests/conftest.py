@@ -48,3 +48,34 @@ def mnist_images() -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[:64]
     labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[:64]
     return np.array(images), np.array(labels)
+
+
+def make_bundle(
+    path: Path,
+    *,
+    preset_name: str = "simpleconvnet",
+    seed: int = 0,
+    test_accuracy: float | None = None,
+    classes: list[int] | None = None,
+) -> Path:
+    """Write a small untrained bundle (random weights, float32) for store and service tests."""
+    from training.bundle import build_metadata, input_contract, save_bundle
+    from training.network import Network, preset
+
+    labels = classes if classes is not None else list(range(10))
+    network = Network(preset(preset_name, num_classes=len(labels)), rng=np.random.default_rng(seed))
+    metrics = {} if test_accuracy is None else {"test_accuracy": test_accuracy}
+    metadata = build_metadata(
+        network,
+        contract=input_contract(0.1307, 0.3081),
+        class_labels=labels,
+        metrics=metrics,
+        training={"preset": preset_name, "seed": seed},
+    )
+    return save_bundle(path, network, metadata)
+
+
+@pytest.fixture
+def bundle_path(tmp_path) -> Path:
+    """An untrained SimpleConvNet bundle with test_accuracy 0.5 recorded."""
+    return make_bundle(tmp_path / "model.npz", test_accuracy=0.5)

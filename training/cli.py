@@ -19,7 +19,8 @@ COMMAND_MODULES = (
     "training.train_cli",  # train, evaluate
     "training.data_cli",  # data download
     "training.store_cli",  # models list/show/publish/promote/rollback/delete/verify
-    "service.cli",  # serve, predict
+    "service.serve_cli",  # serve
+    "service.client_cli",  # predict
 )
 
 
