@@ -1,0 +1,292 @@
+"""Serving throughput, tail latency and memory: /predict against /healthz under one server.
+
+Starts real gunicorn with the service's own config (2 sync workers by default) on a free
+127.0.0.1 port, then drives it with wrk (Debian's package) at several concurrencies, alternating
+/healthz and single-image JSON /predict runs so both see the same machine state. The figure that
+matters is the ratio predict/healthz at each concurrency (issue 4: >= 0.75 at c=16), the p99 of
+/predict at c=16 (<= 10 ms) and the growth of each worker's RSS between the first 1k and 100k
+requests (<= 5 MB).
+
+    .venv/bin/python benchmarks/serve_load.py                # full run, ~3 minutes
+    .venv/bin/python benchmarks/serve_load.py --duration 3 --reps 1 --json
+
+Every run is bounded: wrk runs for --duration seconds; the memory top-up stops at
+--memory-requests or --memory-seconds, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sample_digit() -> tuple[list[list[int]], int]:
+    """One MNIST test digit (or a synthetic one when MNIST is absent) and its label."""
+    from conftest import find_mnist_dir, read_idx, synthetic_digits
+
+    directory = find_mnist_dir()
+    if directory is None:
+        images, labels = synthetic_digits(1)
+    else:
+        images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[:1]
+        labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[:1]
+    return images[0].tolist(), int(labels[0])
+
+
+class Server:
+    """gunicorn with service/gunicorn.conf.py on a free port; stopped with SIGTERM."""
+
+    def __init__(self, store: Path, workers: int):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.update(
+            BIND=f"127.0.0.1:{self.port}",
+            WORKERS=str(workers),
+            MODEL_STORE=str(store),
+            LOG_LEVEL="warning",
+        )
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self.process = subprocess.Popen(
+            [str(gunicorn), "-c", "service/gunicorn.conf.py", "service.app:create_app()"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server not ready in time")
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_wrk(output: str) -> dict:
+    """Requests/sec, total requests, errors and latency percentiles (ms) from `wrk --latency`."""
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
+    result["requests"] = int(re.search(r"(\d+) requests in", output).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    result["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    result["socket_errors"] = sum(map(int, errors.groups())) if errors else 0
+    for pct, value, unit in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.M):
+        result[f"p{pct}_ms"] = float(value) * LATENCY_UNITS[unit]
+    return result
+
+
+def run_wrk(url: str, concurrency: int, duration: float, script: Path | None) -> dict:
+    threads = min(concurrency, 2)
+    command = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{duration}s",
+        "--latency",
+        "--timeout",
+        "5s",
+    ]
+    if script is not None:
+        command += ["-s", str(script)]
+    output = subprocess.run(
+        command + [url], capture_output=True, text=True, check=True, timeout=duration + 30
+    ).stdout
+    return parse_wrk(output)
+
+
+def wrk_post_script(directory: Path, body: str) -> Path:
+    script = directory / "predict.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+    )
+    return script
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", default=str(REPO / "model_store"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--reps", type=int, default=3, help="alternating repetitions per level")
+    parser.add_argument("--memory-requests", type=int, default=100_000)
+    parser.add_argument("--memory-seconds", type=float, default=120.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    levels = [int(c) for c in args.concurrency.split(",")]
+    pixels, label = sample_digit()
+    body = json.dumps({"image": pixels}, separators=(",", ":"))
+
+    # Serve a copy of the store, so the benchmark never touches the real one.
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        store = tmp / "store"
+        shutil.copytree(args.store, store)
+        script = wrk_post_script(tmp, body)
+        server = Server(store, args.workers)
+        try:
+            server.wait_ready()
+            answer = requests.post(
+                server.url + "/predict",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=5,
+            )
+            answer.raise_for_status()
+            predicted = answer.json()["predictions"][0]["label"]
+            served = answer.json()["model"]
+            session = requests.Session()
+            for _ in range(1000):
+                session.post(
+                    server.url + "/predict",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=5,
+                )
+            sent = 1001
+            rss_first = {pid: rss_mb(pid) for pid in server.worker_pids()}
+
+            runs: dict[str, dict[int, list[dict]]] = {"healthz": {}, "predict": {}}
+            for concurrency in levels:
+                for _ in range(args.reps):
+                    for route, lua in (("healthz", None), ("predict", script)):
+                        result = run_wrk(server.url + "/" + route, concurrency, args.duration, lua)
+                        runs[route].setdefault(concurrency, []).append(result)
+                        if route == "predict":
+                            sent += result["requests"]
+
+            # Top the predict count up to --memory-requests, bounded in time.
+            deadline = time.monotonic() + args.memory_seconds
+            while sent < args.memory_requests and time.monotonic() < deadline:
+                sent += run_wrk(server.url + "/predict", 16, 5, script)["requests"]
+            rss_last = {pid: rss_mb(pid) for pid in server.worker_pids()}
+        finally:
+            server.stop()
+
+    summary = []
+    for concurrency in levels:
+        row = {"concurrency": concurrency}
+        for route in ("healthz", "predict"):
+            results = runs[route][concurrency]
+            row[f"{route}_rps"] = statistics.median(r["rps"] for r in results)
+            row[f"{route}_p99_ms"] = statistics.median(r.get("p99_ms", np.nan) for r in results)
+            row[f"{route}_errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in results)
+        row["ratio"] = row["predict_rps"] / row["healthz_rps"]
+        summary.append(row)
+    memory = [
+        {
+            "pid": pid,
+            "rss_after_1k_mb": rss_first[pid],
+            "rss_after_all_mb": rss_last.get(pid),
+            "growth_mb": (rss_last[pid] - rss_first[pid]) if pid in rss_last else None,
+        }
+        for pid in rss_first
+    ]
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "loadavg_end": os.getloadavg(),
+        "workers": args.workers,
+        "duration_s": args.duration,
+        "reps": args.reps,
+        "served_model": served,
+        "digit_label": label,
+        "predicted_label": predicted,
+        "levels": summary,
+        "predict_requests_total": sent,
+        "memory": memory,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"convserve serve_load  {report['date']}  {report['machine']}  "
+        f"workers={args.workers}  model={served}  wrk {args.duration:g}s x {args.reps} reps "
+        f"(medians)"
+    )
+    print(
+        f"{'conc':>5} {'healthz rps':>12} {'predict rps':>12} {'ratio':>6} "
+        f"{'healthz p99':>12} {'predict p99':>12} {'errors':>7}"
+    )
+    for row in summary:
+        print(
+            f"{row['concurrency']:>5} {row['healthz_rps']:>12.0f} {row['predict_rps']:>12.0f} "
+            f"{row['ratio']:>6.2f} {row['healthz_p99_ms']:>10.2f}ms "
+            f"{row['predict_p99_ms']:>10.2f}ms "
+            f"{row['healthz_errors'] + row['predict_errors']:>7}"
+        )
+    print(f"predict requests sent: {sent}; digit label {label}, predicted {predicted}")
+    for entry in memory:
+        print(
+            f"worker {entry['pid']}: RSS after 1k {entry['rss_after_1k_mb']:.1f} MB, "
+            f"after all {entry['rss_after_all_mb']:.1f} MB, growth {entry['growth_mb']:+.1f} MB"
+        )
+    print(f"loadavg at end: {report['loadavg_end']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
