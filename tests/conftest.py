@@ -39,6 +39,45 @@ def synthetic_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as an IDX file (magic 0x0803 for 3 dims, 0x0801 for 1 dim), gzipped
+    when ``path`` ends in ``.gz``. Returns ``path``."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+        ">" + "I" * array.ndim, *array.shape
+    )
+    payload = header + array.tobytes()
+    path = Path(path)
+    if path.suffix == ".gz":
+        # mtime=0: the same array always gives the same bytes (and the same sha256).
+        path.write_bytes(gzip.compress(payload, compresslevel=6, mtime=0))
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+TINY_MNIST_SIZES = {"train": 500, "t10k": 200}
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist_dir(tmp_path_factory) -> Path:
+    """A directory with the four MNIST .gz files, tiny but valid: 500 train and 200 test
+    synthetic digits (every digit 0-9 present in both). Shared by the session: do not modify."""
+    directory = tmp_path_factory.mktemp("tiny_mnist")
+    for seed, (prefix, count) in enumerate(TINY_MNIST_SIZES.items()):
+        images, labels = synthetic_digits(count, seed=seed)
+        assert set(labels.tolist()) == set(range(10)), "the fixture must hold all ten digits"
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tiny_mnist_dir) -> Path:
+    """The real MNIST directory (find_mnist_dir()) when present, else ``tiny_mnist_dir``."""
+    return find_mnist_dir() or tiny_mnist_dir
+
+
 @pytest.fixture(scope="session")
 def mnist_images() -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 28, 28), labels uint8 (N,)) from the MNIST test set, or synthetic."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import struct
 import sys
 import zlib
@@ -493,7 +494,9 @@ def _describe_request_error(exc: Exception) -> str:
     if isinstance(exc, requests.Timeout):
         return "timed out"
     if isinstance(exc, requests.ConnectionError):
-        return f"cannot connect ({type(exc).__name__})"
+        # requests nests the OS reason deep inside a long repr; the reason is what helps.
+        reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+        return f"cannot connect: {reason.group(1) if reason else type(exc).__name__}"
     return f"{type(exc).__name__}: {exc}"
 
 
