@@ -473,8 +473,7 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool, name: str) -
                 received += len(chunk)
                 if received > MAX_DOWNLOAD_BYTES:
                     raise _MirrorProblem(
-                        f"sent more than {MAX_DOWNLOAD_BYTES // (1024 * 1024)} MiB, "
-                        "not an MNIST file"
+                        f"sent more than {MAX_DOWNLOAD_BYTES} bytes, not an MNIST file"
                     )
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -491,6 +490,11 @@ def _describe_request_error(exc: Exception) -> str:
 
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return f"HTTP {exc.response.status_code} {exc.response.reason}".rstrip()
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        # The server closed the connection before sending what it announced.
+        counts = re.search(r"IncompleteRead\((\d+) bytes read, (\d+) more expected", str(exc))
+        detail = f": {counts[1]} bytes received, {counts[2]} more expected" if counts else ""
+        return f"connection broken during the download{detail}"
     if isinstance(exc, requests.Timeout):
         return "timed out"
     if isinstance(exc, requests.ConnectionError):
@@ -586,7 +590,8 @@ def _download_one(
         _fetch(url, part, timeout=timeout, progress=progress, name=name)
         ok, file_hash = _verify(part, hashes)
         if not ok:
-            failures.append((url, f"sha256 mismatch: got {file_hash}, expected {sorted(hashes)}"))
+            expected = " or ".join(sorted(hashes))
+            failures.append((url, f"sha256 mismatch: got {file_hash}, expected {expected}"))
             return False
         os.replace(part, target)
         renamed = True
