@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -180,3 +183,53 @@ def test_builder_stage_makes_a_wheel_with_the_service_conf(tmp_path):
         assert required in names, f"{required} missing from {wheel.name}"
     entry_points = zipfile.ZipFile(wheel).read(f"convserve-{version}.dist-info/entry_points.txt")
     assert b"convserve = training.cli:main" in entry_points
+
+
+def imported_top_level_modules(package_dir: Path) -> set[str]:
+    modules = set()
+    for source in package_dir.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return modules
+
+
+def distribution_name(requirement: str) -> str:
+    """``Flask>=3.0`` -> ``flask`` (PEP 503 normalised, version and markers dropped)."""
+    name = re.split(r"[<>=!~;\[ (]", requirement.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """The image installs pyproject's dependencies and nothing else: a package that only
+    happens to be in the dev venv would make the container fail at import time."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    # Declared, optional extras (imported lazily, for opt-in features) and what they pull in.
+    requirements = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements.extend(extra)
+    declared = set()
+    while requirements:
+        requirement = requirements.pop()
+        if "extra ==" in requirement:
+            continue
+        name = distribution_name(requirement)
+        if name in declared:
+            continue
+        declared.add(name)
+        # An extra not installed here (torch) has nothing to add.
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            requirements.extend(importlib.metadata.requires(name) or [])
+    providers = importlib.metadata.packages_distributions()
+    first_party = {"training", "service"}
+    missing = {}
+    for package in first_party:
+        for module in imported_top_level_modules(REPO / package):
+            if module in first_party or module in sys.stdlib_module_names or module == "__future__":
+                continue
+            distributions = {distribution_name(d) for d in providers.get(module, [module])}
+            if not distributions & declared:
+                missing[module] = sorted(distributions)
+    assert not missing, f"imported but not in [project] dependencies: {missing}"
