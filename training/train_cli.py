@@ -244,8 +244,11 @@ def _check_publish(args: argparse.Namespace):
         return None
     if not args.name:
         raise TrainingConfigError("--publish needs --name NAME")
-    from training.store import ModelStore, default_store_root
+    from training.store import ModelStore, default_store_root, validate_alias, validate_name
 
+    validate_name(args.name)
+    if args.alias is not None:
+        validate_alias(args.alias)
     return ModelStore(default_store_root(args.store))
 
 
@@ -406,7 +409,15 @@ def run_train(args: argparse.Namespace) -> int:
     print(format_confusion(test["confusion_matrix"], class_labels))
     print(f"wrote {out} and {json_path}" + (f" and {png_path}" if plotted else ""))
     if store is not None:
-        version = store.publish(out, args.name, alias=args.alias, note=args.note)
+        from training.store import StoreError
+
+        try:
+            version = store.publish(out, args.name, alias=args.alias, note=args.note)
+        except StoreError as exc:
+            # The bundle is already written: say where, so the run is not lost.
+            raise type(exc)(
+                f"{exc}; the bundle is kept at {out} (publish it with `convserve models publish`)"
+            ) from None
         alias = f" (alias {args.alias})" if args.alias else ""
         print(f"published {args.name}:{version}{alias} to {store.root}")
     return 0

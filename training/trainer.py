@@ -237,6 +237,9 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- training
+# A diverging run overflows before its loss turns NaN; the finiteness checks in the loop report
+# that with a clear message, so numpy's overflow warnings would only be noise.
+@np.errstate(over="ignore", invalid="ignore")
 def train(
     network: Network,
     train_ds,
