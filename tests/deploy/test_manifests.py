@@ -292,7 +292,12 @@ def test_environment_names_are_settings_the_code_reads():
     used = {"Dockerfile": set(FINAL.env)}
     for name, pod in pod_specs():
         for container in all_containers(pod):
-            used[f"{name}{container['name']}"] = {e["name"] for e in container.get("env", [])}
+            # Variables only there for Kubernetes' $(NAME) expansion in args are read by it.
+            words = " ".join(container.get("command", []) + container.get("args", []))
+            expanded = set(re.findall(r"\$\((\w+)\)", words))
+            env_names = {e["name"] for e in container.get("env", [])}
+            assert expanded <= env_names, (name, container["name"])
+            used[f"{name}{container['name']}"] = env_names - expanded
     for name, service in COMPOSE["services"].items():
         used[f"compose {name}"] = set(service.get("environment", {}))
     for where, names in used.items():
