@@ -30,6 +30,7 @@ import contextlib
 import datetime as _dt
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -249,6 +250,26 @@ def _metric_number(manifest: dict, key: str = "test_accuracy") -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+def _os_errors_as_store_errors(action: str):
+    """Decorator for the writing operations: a disk full, a read-only store or a permission
+    problem becomes a StoreError with a plain message instead of a traceback."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except OSError as exc:
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise StoreError(
+                    f"cannot {action} in the store at {self.root}: {exc.strerror or exc}{where}"
+                ) from None
+
+        return wrapper
+
+    return decorate
 
 
 # ---------------------------------------------------------------------------------- the store
@@ -494,6 +515,7 @@ class ModelStore:
                     found.append(Path(entry.path))  # deletes finish under the lock
         return sorted(found)
 
+    @_os_errors_as_store_errors("clean")
     def clean(self, name: str | None = None) -> list[Path]:
         """Remove abandoned staging and half-deleted directories; returns what was removed."""
         names = [name] if name is not None else self._model_dirs()
@@ -530,6 +552,7 @@ class ModelStore:
         )
 
     # ------------------------------------------------------------------ publishing
+    @_os_errors_as_store_errors("publish")
     def publish(
         self,
         bundle_path: str | os.PathLike,
@@ -695,6 +718,7 @@ class ModelStore:
         self._write_aliases_document(name, document)
         return previous
 
+    @_os_errors_as_store_errors("promote")
     def promote(self, name: str, version: int, alias: str, *, force: bool = False) -> dict:
         """Point ``alias`` at ``version`` and return ``{"name", "alias", "version",
         "previous"}``.
@@ -738,6 +762,7 @@ class ModelStore:
                 stack.append(version)
         return stack
 
+    @_os_errors_as_store_errors("roll back")
     def rollback(self, name: str, alias: str) -> int:
         """Point ``alias`` back at the version it held before its last promotion (repeatable:
         each rollback undoes one more). Not gated: it is the way back. The target is verified
@@ -766,6 +791,7 @@ class ModelStore:
         return target
 
     # ------------------------------------------------------------------ deleting
+    @_os_errors_as_store_errors("delete")
     def delete(self, name: str, version: int) -> None:
         """Remove a version. Refuses (AliasInUse) while an alias points at it. The number is
         never reused."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 
 from training.errors import ConvserveError
 from training.store import (
@@ -223,7 +224,8 @@ def show_model(args) -> int:
     ]
     print(format_ref(name, version))
     for key, value in fields:
-        print(f"  {key:<14} {value}")
+        # Long values (the training settings) wrap under their column, not past 100 columns.
+        print(textwrap.fill(f"  {key:<14} {value}", width=100, subsequent_indent=" " * 17))
     per_class = metrics.get("per_class_accuracy")
     if isinstance(per_class, list) and len(per_class) == len(labels):
         print(

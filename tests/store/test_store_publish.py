@@ -1,5 +1,6 @@
 """Publishing, listing, resolving, manifests, loading and change tokens."""
 
+import errno
 import hashlib
 import json
 import shutil
@@ -9,6 +10,7 @@ import pytest
 from conftest import make_bundle
 from store_testlib import REPO, publish_versions
 
+from training import store as store_module
 from training.bundle import bundle_bytes, load_bundle
 from training.errors import BundleInvalid
 from training.store import (
@@ -210,3 +212,23 @@ def test_the_repository_store_verifies_and_accepts_a_publish(tmp_path, bundle_pa
         latest = store.latest(name)
         assert store.publish(bundle_path, name, note="test publish") == latest + 1
     assert store.verify() == []
+
+
+@pytest.mark.parametrize("failing", ["_write_file_durably", "_fsync_dir"])
+def test_a_full_disk_is_a_store_error_and_loses_nothing(store, tmp_path, monkeypatch, failing):
+    publish_versions(store, tmp_path, [0.9])
+    store.promote("mnist", 1, "production")
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+    monkeypatch.setattr(store_module, failing, no_space)
+    retrained = make_bundle(tmp_path / "retrained.npz", seed=4, test_accuracy=0.95)
+    with pytest.raises(StoreError, match="cannot publish in the store at .*No space left"):
+        store.publish(retrained, "mnist", alias="production")
+    monkeypatch.undo()
+    assert store.versions("mnist") == [1]
+    assert store.aliases("mnist") == {"production": 1}
+    assert [p.name for p in (store.root / "mnist").iterdir() if p.name.startswith(".st")] == []
+    assert store.verify() == []
+    assert store.publish(retrained, "mnist") == 2
