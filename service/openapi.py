@@ -1,0 +1,414 @@
+"""The OpenAPI 3 description of every route, served at /openapi.json, and the JSON route index
+served at ``GET /`` (until the web page takes that route over).
+
+Written by hand, next to the routes' own docstrings: small enough to read, and a test checks
+that every route the app registers is described here and vice versa.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from flask import Flask
+
+from training import __version__
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_V2_ERROR = {"$ref": "#/components/schemas/V2Error"}
+
+
+def _json_content(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _error_responses(*statuses: int, v2: bool = False) -> dict:
+    descriptions = {
+        400: "malformed or invalid input",
+        401: "missing admin token",
+        403: "wrong admin token",
+        404: "unknown model, version, alias or route",
+        405: "method not allowed",
+        409: "the version exists but cannot be served (corrupt), or a reload was refused",
+        413: "body over MAX_CONTENT_LENGTH, batch over MAX_BATCH or image over MAX_IMAGE_PIXELS",
+        415: "unsupported Content-Type",
+        503: "no verified model loaded yet",
+    }
+    schema = _V2_ERROR if v2 else _ERROR
+    return {
+        str(status): {"description": descriptions[status], "content": _json_content(schema)}
+        for status in statuses
+    }
+
+
+def _ok(description: str, schema: dict | None = None, content_type: str = "application/json"):
+    response = {"description": description}
+    if schema is not None:
+        response["content"] = {content_type: {"schema": schema}}
+    return response
+
+
+_PIN_PARAMETERS = [
+    {
+        "name": "version",
+        "in": "query",
+        "required": False,
+        "description": "answer with this version of the served model (loaded on demand)",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    {
+        "name": "alias",
+        "in": "query",
+        "required": False,
+        "description": "answer with the version this store alias points at",
+        "schema": {"type": "string"},
+    },
+]
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}}
+_V2_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+
+_PIXELS_28 = {
+    "type": "array",
+    "minItems": 28,
+    "maxItems": 28,
+    "items": {
+        "type": "array",
+        "minItems": 28,
+        "maxItems": 28,
+        "items": {"type": "number", "minimum": 0, "maximum": 255},
+    },
+    "description": "28 rows of 28 pixels, 0 background to 255 ink (MNIST convention)",
+}
+
+_SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "V2Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "PredictJson": {
+        "oneOf": [
+            {"type": "object", "required": ["image"], "properties": {"image": _PIXELS_28}},
+            {
+                "type": "object",
+                "required": ["images"],
+                "properties": {"images": {"type": "array", "items": _PIXELS_28, "minItems": 1}},
+            },
+        ]
+    },
+    "Prediction": {
+        "type": "object",
+        "required": ["label", "confidence", "probabilities"],
+        "properties": {
+            "label": {"description": "the class label with the highest probability"},
+            "confidence": {"type": "number"},
+            "probabilities": {"type": "array", "items": {"type": "number"}},
+            "input_png": {
+                "type": "string",
+                "description": "with ?explain=1: the 28x28 image the model saw, as a PNG data URL",
+            },
+            "input_pixels": {
+                "type": "array",
+                "items": {"type": "number"},
+                "description": "with ?explain=1: the 784 pixel values the model saw",
+            },
+        },
+    },
+    "PredictResponse": {
+        "type": "object",
+        "required": ["model", "predictions"],
+        "properties": {
+            "model": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "version": {"type": "integer"}},
+            },
+            "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+        },
+    },
+    "V2Tensor": {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "parameters": {"type": "object"},
+            "data": {"type": "array"},
+        },
+    },
+    "V2InferenceRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                },
+            },
+        },
+    },
+    "V2InferenceResponse": {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}},
+        },
+    },
+    "Object": {"type": "object"},
+}
+
+_OBJECT = {"$ref": "#/components/schemas/Object"}
+
+
+def _paths() -> dict:
+    predict_body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictJson"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string", "format": "binary"},
+                    "description": "one or more image files (PNG, JPEG, ...), any field names",
+                }
+            },
+            "application/x-npy": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "a .npy array (28, 28) or (N, 28, 28), no pickles",
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+    v2_model_errors = _error_responses(404, 409, 503, v2=True)
+    return {
+        "/api": {"get": {"summary": "This index of routes", "responses": {"200": _ok("routes")}}},
+        "/healthz": {
+            "get": {
+                "summary": "Liveness: the process answers (independent of the model)",
+                "responses": {"200": _ok("alive", _OBJECT)},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: a verified, warmed-up model is served",
+                "responses": {"200": _ok("ready", _OBJECT), **_error_responses(503)},
+            }
+        },
+        "/predict": {
+            "post": {
+                "summary": "Classify one or more 28x28 images",
+                "parameters": [
+                    *_PIN_PARAMETERS,
+                    {
+                        "name": "explain",
+                        "in": "query",
+                        "required": False,
+                        "description": "1 adds input_png and input_pixels to each prediction",
+                        "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+                    },
+                ],
+                "requestBody": predict_body,
+                "responses": {
+                    "200": _ok(
+                        "predictions, in order", {"$ref": "#/components/schemas/PredictResponse"}
+                    ),
+                    **_error_responses(400, 404, 409, 413, 415, 503),
+                },
+            }
+        },
+        "/models": {
+            "get": {
+                "summary": "The store's models, their versions and aliases, and what is served",
+                "responses": {"200": _ok("models", _OBJECT)},
+            }
+        },
+        "/models/{name}": {
+            "get": {
+                "summary": "One model: versions with manifest summaries, aliases, serving state",
+                "parameters": [_NAME],
+                "responses": {"200": _ok("model", _OBJECT), **_error_responses(400, 404)},
+            }
+        },
+        "/models/{name}/versions/{version}": {
+            "get": {
+                "summary": "One version's manifest (metrics, training, provenance)",
+                "parameters": [_NAME, _VERSION],
+                "responses": {"200": _ok("version", _OBJECT), **_error_responses(400, 404, 409)},
+            }
+        },
+        "/admin/reload": {
+            "post": {
+                "summary": "Check the store now and swap in a new version (this worker)",
+                "security": [{"adminToken": []}],
+                "responses": {
+                    "200": _ok("outcome", _OBJECT),
+                    **_error_responses(401, 403, 404, 409),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics of all workers",
+                "responses": {"200": _ok("text exposition", {"type": "string"}, "text/plain")},
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": _ok("OpenAPI", _OBJECT)}}
+        },
+        "/v2": {
+            "get": {
+                "summary": "V2 server metadata",
+                "tags": ["v2"],
+                "responses": {"200": _ok("server metadata", _OBJECT)},
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "summary": "V2 server liveness",
+                "tags": ["v2"],
+                "responses": {"200": _ok("live", _OBJECT)},
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "summary": "V2 server readiness",
+                "tags": ["v2"],
+                "responses": {"200": _ok("ready", _OBJECT), **_error_responses(503, v2=True)},
+            }
+        },
+        "/v2/models/{name}": {
+            "get": {
+                "summary": "V2 model metadata (served version)",
+                "tags": ["v2"],
+                "parameters": [_NAME],
+                "responses": {"200": _ok("metadata", _OBJECT), **v2_model_errors},
+            }
+        },
+        "/v2/models/{name}/versions/{version}": {
+            "get": {
+                "summary": "V2 model metadata (one version)",
+                "tags": ["v2"],
+                "parameters": [_NAME, _V2_VERSION],
+                "responses": {"200": _ok("metadata", _OBJECT), **v2_model_errors},
+            }
+        },
+        "/v2/models/{name}/ready": {
+            "get": {
+                "summary": "V2 model readiness (served version)",
+                "tags": ["v2"],
+                "parameters": [_NAME],
+                "responses": {"200": _ok("ready", _OBJECT), **v2_model_errors},
+            }
+        },
+        "/v2/models/{name}/versions/{version}/ready": {
+            "get": {
+                "summary": "V2 model readiness (one version, loaded on demand)",
+                "tags": ["v2"],
+                "parameters": [_NAME, _V2_VERSION],
+                "responses": {"200": _ok("ready", _OBJECT), **v2_model_errors},
+            }
+        },
+        "/v2/models/{name}/infer": _v2_infer("V2 inference (served version)", [_NAME]),
+        "/v2/models/{name}/versions/{version}/infer": _v2_infer(
+            "V2 inference (one version)", [_NAME, _V2_VERSION]
+        ),
+    }
+
+
+def _v2_infer(summary: str, parameters: list) -> dict:
+    return {
+        "post": {
+            "summary": summary,
+            "tags": ["v2"],
+            "parameters": [
+                *parameters,
+                {
+                    "name": "Inference-Header-Content-Length",
+                    "in": "header",
+                    "required": False,
+                    "description": "binary tensor data extension: bytes of JSON before the "
+                    "binary tensors",
+                    "schema": {"type": "integer"},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": _json_content({"$ref": "#/components/schemas/V2InferenceRequest"}),
+            },
+            "responses": {
+                "200": _ok("outputs", {"$ref": "#/components/schemas/V2InferenceResponse"}),
+                **_error_responses(400, 404, 409, 413, 503, v2=True),
+            },
+        }
+    }
+
+
+def openapi_document(settings: dict) -> dict:
+    """The OpenAPI 3.0 document for an app with these settings (limits appear in the text)."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "convserve",
+            "version": __version__,
+            "description": (
+                "Classifies 28x28 images (MNIST convention: 0 background, 255 ink) with "
+                f"model {settings['MODEL_NAME']!r} at alias {settings['MODEL_ALIAS']!r}. "
+                f"Limits: {settings['MAX_BATCH']} images per request, "
+                f"{settings['MAX_CONTENT_LENGTH']} bytes per body, "
+                f"{settings['MAX_IMAGE_PIXELS']} pixels per uploaded image. Errors are "
+                '{"error": {"code", "message"}}; under /v2 they are {"error": "<message>"}.'
+            ),
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": copy.deepcopy(_SCHEMAS),
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def flask_rule_to_openapi(rule: str) -> str:
+    """``/models/<name>/versions/<version_text>`` -> ``/models/{name}/versions/{version}``."""
+    import re
+
+    path = re.sub(r"<(?:[a-z_]+:)?([a-z_]+)>", lambda m: "{" + m.group(1) + "}", rule)
+    path = path.replace("{version_text}", "{version}")
+    return path.rstrip("/") or "/"
+
+
+def route_index(app: Flask) -> dict:
+    """The JSON index at ``GET /api``: every documented route with its methods and summary."""
+    paths = _paths()
+    routes = []
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            routes.append({"method": method.upper(), "path": path, "summary": operation["summary"]})
+    return {
+        "service": "convserve",
+        "version": __version__,
+        "openapi": "/openapi.json",
+        "routes": routes,
+    }

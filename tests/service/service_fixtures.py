@@ -1,0 +1,54 @@
+"""Fixtures for the service tests, loaded by each test module with
+``pytest_plugins = ["service_fixtures"]`` (no conftest.py here: the root conftest is imported by
+name as ``conftest`` in many tests, and a second one would shadow it).
+
+They follow the Flask tutorial: ``app`` builds a fresh app on a temporary store holding tiny
+bundles, ``client`` is its test client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import make_bundle
+from service_testlib import MODEL, build_app
+
+from training.store import ModelStore
+
+
+@pytest.fixture(scope="session")
+def bundle_files(tmp_path_factory) -> dict[str, Path]:
+    """Tiny bundles made once per session: distinct weights (seeds), rising accuracies so the
+    store's promotion gate lets each replace the previous one."""
+    directory = tmp_path_factory.mktemp("bundles")
+    return {
+        "v1": make_bundle(directory / "v1.npz", seed=1, test_accuracy=0.5),
+        "v2": make_bundle(directory / "v2.npz", seed=2, test_accuracy=0.6),
+        "v3": make_bundle(directory / "v3.npz", seed=3, test_accuracy=0.7),
+        "zero_one": make_bundle(
+            directory / "zero_one.npz", seed=4, test_accuracy=0.9, classes=[0, 1]
+        ),
+    }
+
+
+@pytest.fixture
+def store_root(tmp_path, bundle_files) -> Path:
+    """A store with mnist:1 (alias production) and mnist:2 (no alias)."""
+    root = tmp_path / "store"
+    store = ModelStore(root)
+    store.publish(bundle_files["v1"], MODEL, alias="production")
+    store.publish(bundle_files["v2"], MODEL)
+    return root
+
+
+@pytest.fixture
+def app(store_root):
+    app = build_app(store_root)
+    yield app
+    app.extensions["convserve"].predictor.stop()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
