@@ -3,8 +3,8 @@
     python store_worker.py STORE BUNDLE NAME [--alias A] [--go FILE] [--ready FILE]
                            [--hang-before-rename FILE]
 
-``--go``: wait (bounded) until FILE exists, so many workers publish at the same moment.
-``--ready``: create FILE just before calling publish.
+``--ready``: create FILE once imported, ready to publish.
+``--go``: then wait (bounded) until FILE exists, so many workers publish at the same moment.
 ``--hang-before-rename``: when publish is about to rename its staging directory into place,
 create FILE and sleep, so the test can ``kill -9`` a publisher with a complete staging dir.
 Prints ``VERSION SHA256`` of what it published.
@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--hang-before-rename")
     args = parser.parse_args()
 
+    if args.ready:
+        Path(args.ready).touch()
     if args.go:
         deadline = time.monotonic() + 60
         while not os.path.exists(args.go) and time.monotonic() < deadline:
@@ -46,8 +48,6 @@ def main() -> None:
             return real_rename(source, target)
 
         os.rename = hanging_rename
-    if args.ready:
-        Path(args.ready).touch()
     version = ModelStore(args.store).publish(args.bundle, args.name, alias=args.alias, force=True)
     digest = hashlib.sha256(Path(args.bundle).read_bytes()).hexdigest()
     print(version, digest, flush=True)

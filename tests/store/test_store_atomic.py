@@ -83,22 +83,37 @@ def test_publishers_killed_at_random_moments_leave_only_complete_versions(store,
 
 
 def test_parallel_publishers_get_distinct_versions(store, tmp_path):
+    # tinyconv bundles are small (30 kB): the test is about the store, not about copying bytes.
     bundles = [
-        make_bundle(tmp_path / f"p{i}.npz", seed=10 + i, test_accuracy=0.9)
+        make_bundle(tmp_path / f"p{i}.npz", preset_name="tinyconv", seed=10 + i, test_accuracy=0.9)
         for i in range(PUBLISHERS)
     ]
     go = tmp_path / "go"
     workers = [
-        start_worker(str(store.root), str(b), "mnist", "--alias", "candidate", "--go", str(go))
-        for b in bundles
+        start_worker(
+            str(store.root),
+            str(bundle),
+            "mnist",
+            "--alias",
+            "candidate",
+            "--ready",
+            str(tmp_path / f"ready-{index}"),
+            "--go",
+            str(go),
+        )  # fmt: skip
+        for index, bundle in enumerate(bundles)
     ]
-    go.touch()
-    # Read while they publish: everything a reader lists must load (bounded loop).
+    for index, worker in enumerate(workers):
+        wait_for_file(tmp_path / f"ready-{index}", worker)
+    go.touch()  # all imported and waiting: they publish at the same moment
+    # Read while they publish, as the service does: the newest listed version must load
+    # (bounded loop).
     deadline = time.monotonic() + 120
     reads = 0
-    while any(w.poll() is None for w in workers) and time.monotonic() < deadline and reads < 500:
-        assert_every_listed_version_loads(store)
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline and reads < 2000:
+        assert store.load("mnist", store.latest("mnist")).network is not None
         reads += 1
+    assert_every_listed_version_loads(store)
     results = []
     for worker in workers:
         out, err = worker.communicate(timeout=120)
