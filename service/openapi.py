@@ -1,5 +1,5 @@
 """The OpenAPI 3 description of every route, served at /openapi.json, and the JSON route index
-served at ``GET /`` (until the web page takes that route over).
+served at ``GET /api`` (``GET /`` is the web page, service/ui.py).
 
 Written by hand, next to the routes' own docstrings: small enough to read, and a test checks
 that every route the app registers is described here and vice versa.
@@ -65,6 +65,7 @@ _PIN_PARAMETERS = [
 ]
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}}
+_FILENAME = {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
 _V2_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _PIXELS_28 = {
@@ -204,7 +205,31 @@ def _paths() -> dict:
     }
     v2_model_errors = _error_responses(404, 409, 503, v2=True)
     return {
-        "/api": {"get": {"summary": "This index of routes", "responses": {"200": _ok("routes")}}},
+        "/": {
+            "get": {
+                "summary": "The web page: draw or upload a digit",
+                "responses": {"200": _ok("HTML page", {"type": "string"}, "text/html")},
+            }
+        },
+        "/api": {
+            "get": {
+                "summary": "This index of routes, as JSON",
+                "responses": {"200": _ok("routes", _OBJECT)},
+            }
+        },
+        "/ui/models": {
+            "get": {
+                "summary": "The models view: every version with its metrics, as HTML",
+                "responses": {"200": _ok("HTML page", {"type": "string"}, "text/html")},
+            }
+        },
+        "/ui/static/{filename}": {
+            "get": {
+                "summary": "The web page's static files (CSS, JavaScript, icons)",
+                "parameters": [_FILENAME],
+                "responses": {"200": _ok("file"), "404": {"description": "no such file"}},
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Liveness: the process answers (independent of the model)",
