@@ -138,6 +138,16 @@ def save_bundle(path: str | os.PathLike, network: Network, metadata: dict) -> Pa
 
 
 def _read_npz(source, label: str) -> dict[str, np.ndarray]:
+    # numpy.load falls back to unpickling for anything that is neither .npz nor .npy; refuse
+    # those up front so the message says what the file really is.
+    if isinstance(source, io.BytesIO):
+        head = source.getvalue()[:4]
+    else:
+        with open(source, "rb") as handle:
+            head = handle.read(4)
+    if head != b"PK\x03\x04":
+        what = "a .npy array" if head.startswith(b"\x93NUM") else "not a zip archive"
+        raise BundleInvalid(f"{label}: not an .npz bundle ({what})")
     try:
         with np.load(source, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
