@@ -16,6 +16,7 @@ the paper is suppressed to 0 and the strokes stretched to 255, keeping their sof
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import warnings
 from numbers import Real
@@ -341,7 +342,8 @@ def _decode_greyscale(data: bytes, max_pixels: int) -> np.ndarray:
             _check_pixel_count(image.size, max_pixels)
             # JPEG can decode at 1/2, 1/4 or 1/8 scale for free: never more than we analyse.
             image.draft(None, (WORKING_SIDE, WORKING_SIDE))
-            image = ImageOps.exif_transpose(image)
+            with contextlib.suppress(Exception):  # malformed EXIF: keep the stored orientation
+                image = ImageOps.exif_transpose(image)
             _check_pixel_count(image.size, max_pixels)
             greyscale = _composited_greyscale(image)
             if max(greyscale.size) > WORKING_SIDE:
@@ -356,8 +358,14 @@ def _decode_greyscale(data: bytes, max_pixels: int) -> np.ndarray:
         raise PayloadTooLarge(f"image too large: {exc}") from None
     except MemoryError:
         raise PayloadTooLarge("image too large to decode") from None
-    except Exception as exc:  # noqa: BLE001 - decoders raise anything (OSError, SyntaxError,
-        # struct.error, IndexError...) on hostile bytes; all of it means "cannot decode".
+    except Image.UnidentifiedImageError:
+        raise BadRequest(
+            "cannot decode the image: not a format Pillow reads (PNG, JPEG, BMP, GIF, WebP, "
+            "TIFF, ...)"
+        ) from None
+    except Exception as exc:
+        # Decoders raise anything (OSError, SyntaxError, struct.error, IndexError...) on
+        # hostile bytes; all of it means "cannot decode".
         raise BadRequest(f"cannot decode the image: {exc or type(exc).__name__}") from None
 
 
