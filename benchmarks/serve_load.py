@@ -139,7 +139,7 @@ def run_wrk(url: str, concurrency: int, duration: float, script: Path | None) ->
         "-c",
         str(concurrency),
         "-d",
-        f"{duration}s",
+        f"{max(1, round(duration))}s",
         "--latency",
         "--timeout",
         "5s",
