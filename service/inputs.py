@@ -135,7 +135,10 @@ def _unpack_payload(payload: object, max_batch: int) -> tuple[list, bool]:
 
 
 def _quote(key: object) -> str:
-    return f'"{key}"' if isinstance(key, str) else repr(key)
+    """A key for an error message: quoted and cut short if a string, else its type."""
+    if isinstance(key, str):
+        return f'"{key[:40]}..."' if len(key) > 40 else f'"{key}"'
+    return f"<{type(key).__name__}>"  # repr() of a 5000-digit int raises; keep it simple
 
 
 def _try_fast_conversion(images: list) -> np.ndarray | None:

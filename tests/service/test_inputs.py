@@ -165,7 +165,9 @@ def test_parsed_json_errors_match_the_body_errors(body, message):
         ({"image": image_with(1, 1, 10**400)}, "image[1][1]: a huge integer is outside 0-255"),
         ({"image": image_with(1, 1, np.bool_(True))}, "expected a number, got a boolean"),
         ({"image": tuple(BLANK)}, "got a tuple"),
-        ({1: BLANK}, "unknown key 1"),
+        ({1: BLANK}, "unknown key <int>"),
+        ({10**5000: BLANK}, "unknown key <int>"),
+        ({"x" * 10_000: BLANK}, 'unknown key "xxxxxxxxxx'),
     ],
 )
 def test_parsed_json_python_only_values(payload, message):
