@@ -38,6 +38,9 @@ _OWNED_DIR_VARIABLE = "CONVSERVE_OWNED_METRICS_DIR"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="convserve-metrics-")
     os.environ[_OWNED_DIR_VARIABLE] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+# The preloaded app creates metric files while it is built, before on_starting runs; a given
+# directory may not exist yet (the container's /tmp is an empty tmpfs).
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
 def _default_workers() -> int:

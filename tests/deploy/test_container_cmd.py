@@ -118,9 +118,14 @@ class Container:
         return self.log.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL to the process group this test started (gunicorn + workers)."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)  # only our own process group
-            self.process.wait(timeout=10)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=GRACEFUL_TIMEOUT + 10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
 
 
 def start_container(root: Path) -> Container:
