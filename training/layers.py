@@ -9,12 +9,23 @@ Each layer is a small class in the style of *Deep Learning from Scratch* (`commo
 
 Images are NCHW: (batch, channels, height, width). The dtype follows the layer's weights, so a
 float32 network computes in float32 and a float64 one (gradient checks) in float64.
+
+Memory layout: the image layers accept NCHW arrays of any strides, and the 4-D arrays they create
+are stored channels-first, batch-last ("CHWN": element (n, c, h, w) at ``base[c, h, w, n]``) and
+returned as NCHW *views* of that storage. In that layout the patch matrix of a convolution is one
+copy with long contiguous runs, its output is the matrix product itself (no transpose), and a
+(C, H, W) feature map flattens for the dense layer as a free view. The values are the same
+whatever the strides; only ``.flags`` tell the difference.
+
+``ConvPool`` runs conv -> [ReLU] -> max-pool as one step with the same layer objects and math
+(see its docstring); ``Network`` uses it where the pattern occurs.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import expit, log_expit
 
 
@@ -63,14 +74,131 @@ def _window_output_size(size: int, window: int, stride: int, pad: int, what: str
     return out
 
 
+# --------------------------------------------------------------------------- layout helpers
+
+
+def _chwn_storage(
+    x: np.ndarray, pad: int = 0, fill: float = 0.0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """NCHW x (any strides) -> C-contiguous (C, H + 2*pad, W + 2*pad, N), border set to ``fill``.
+
+    Without ``out``, no copy when x already is an NCHW view of contiguous CHWN storage and pad
+    is 0; with ``out`` (C-contiguous, the right shape) the result is written there.
+    """
+    chwn = x.transpose(1, 2, 3, 0)
+    if not pad:
+        if out is None:
+            return np.ascontiguousarray(chwn)
+        np.copyto(out, chwn)
+        return out
+    c, h, w, n = chwn.shape
+    padded = np.empty((c, h + 2 * pad, w + 2 * pad, n), x.dtype) if out is None else out
+    # Only the border is filled: the interior is written once, by the copy.
+    padded[:, :pad] = fill
+    padded[:, -pad:] = fill
+    padded[:, pad:-pad, :pad] = fill
+    padded[:, pad:-pad, -pad:] = fill
+    padded[:, pad:-pad, pad:-pad] = chwn
+    return padded
+
+
+def _nchw_view(storage: np.ndarray, shape_chwn: tuple[int, int, int, int]) -> np.ndarray:
+    """Contiguous CHWN storage -> the (N, C, H, W) view of it (no copy)."""
+    return storage.reshape(shape_chwn).transpose(3, 0, 1, 2)
+
+
+def _strided_view(base: np.ndarray, shape: tuple[int, ...], strides: tuple[int, ...]):
+    """A read-only view of the C-contiguous ``base`` with the given shape and byte strides.
+
+    ``numpy.lib.stride_tricks.as_strided`` does the same with several microseconds of Python
+    around it; at batch 1 that is a tenth of a forward pass. The caller guarantees every index
+    stays inside ``base``.
+    """
+    view = np.ndarray(shape, base.dtype, buffer=base, strides=strides)
+    view.flags.writeable = False
+    return view
+
+
+class _Workspace(threading.local):
+    """Arrays a layer reuses from call to call instead of allocating them.
+
+    Why: a fresh multi-megabyte array costs a page fault per 4 KiB when first written (the
+    allocator hands big freed blocks back to the OS), and on the VMs this runs on those faults
+    took as long as the arithmetic. One set of arrays per thread, so concurrent inference calls
+    never share one. Only scratch lives here, never an array returned to a caller; training
+    and inference use different names, so an inference call between a training forward and its
+    backward cannot overwrite what the backward needs.
+    """
+
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array, the same one as last time when shape and dtype
+        match."""
+        arrays = self.__dict__.setdefault("arrays", {})
+        found = arrays.get(name)
+        if found is None or found.shape != shape or found.dtype != dtype:
+            found = arrays[name] = np.empty(shape, dtype)
+        return found
+
+
+def _running_max(
+    candidates: list[np.ndarray],
+    keep_masks: bool,
+    out: np.ndarray | None = None,
+    mask_out: list[np.ndarray] | None = None,
+):
+    """Elementwise maximum of equally shaped arrays ("the window positions of a max-pool").
+
+    Returns (maximum, masks); the maximum goes to ``out`` and the masks to ``mask_out`` when
+    given. With ``keep_masks``, ``masks[q - 1]`` is True where candidate q is strictly greater
+    than every candidate before it; the *first* position holding the maximum is then the last q
+    whose mask is True (0 if none), which is where backward sends the gradient. Strict
+    comparison is what makes ties go to the first position.
+    """
+    if mask_out is None:
+        mask_out = [None] * (len(candidates) - 1)
+    masks = []
+    if len(candidates) == 1:
+        if out is None:
+            return candidates[0].copy(), masks
+        np.copyto(out, candidates[0])
+        return out, masks
+    if keep_masks:
+        masks.append(np.greater(candidates[1], candidates[0], out=mask_out[0]))
+    best = np.maximum(candidates[0], candidates[1], out=out)
+    for q, candidate in enumerate(candidates[2:], start=2):
+        if keep_masks:
+            masks.append(np.greater(candidate, best, out=mask_out[q - 1]))
+        np.maximum(best, candidate, out=best)
+    return best, masks
+
+
+def _route_to_first_max(grad: np.ndarray, masks: list[np.ndarray], out: list[np.ndarray]):
+    """Split ``grad`` over the candidates of ``_running_max``: out[q] gets grad where candidate
+    q held the first maximum, 0 elsewhere. ``out`` is a list of len(masks) + 1 arrays shaped
+    like ``grad`` (views into a caller's buffer). Exact: each part is grad * 1 or grad * 0, and
+    grad - grad == 0.
+    """
+    remaining = grad
+    for q in range(len(masks), 0, -1):
+        np.multiply(remaining, masks[q - 1], out=out[q])
+        remaining = np.subtract(remaining, out[q], out=out[0])
+    if remaining is not out[0]:
+        out[0][...] = remaining
+
+
+# --------------------------------------------------------------------------- layers
+
+
 class Conv2D(Layer):
     """2-D convolution (cross-correlation, as in every deep-learning library).
 
     W: (filters, channels, kh, kw); b: (filters,). Input x: (N, channels, H, W);
     output: (N, filters, OH, OW) with OH = (H + 2*pad - kh) // stride + 1.
 
-    The input is unfolded once into patch rows (im2col, a single copy through
-    ``sliding_window_view``) and the convolution is one matrix product.
+    The input is unfolded once into a patch matrix (im2col: one copy through a strided view,
+    in CHWN layout so the copy moves runs of N contiguous values) and the convolution is one
+    matrix product W (filters, C*kh*kw) @ patches (C*kh*kw, OH*OW*N), whose result already is
+    the output in CHWN storage.
     Set ``needs_input_grad = False`` on a first layer: nothing upstream learns, so its
     backward skips the input gradient (returns None) and saves a third of the work.
     """
@@ -94,6 +222,7 @@ class Conv2D(Layer):
         self.db: np.ndarray | None = None
         self.needs_input_grad = True
         self._cache = None
+        self._workspace = _Workspace()
 
     def output_shape(self, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """(C, H, W) -> (filters, OH, OW) for one image."""
@@ -105,51 +234,98 @@ class Conv2D(Layer):
         ow = _window_output_size(width, kw, self.stride, self.pad, "Conv2D")
         return filters, oh, ow
 
-    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+    def _checked_input(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=self.W.dtype)
         if x.ndim != 4:
             raise ValueError(f"Conv2D input must be (N, C, H, W), got shape {x.shape}")
-        n = x.shape[0]
-        filters, channels, kh, kw = self.W.shape
-        _, oh, ow = self.output_shape(x.shape[1:])
-        s, p = self.stride, self.pad
+        return x
+
+    def _unfold(self, padded: np.ndarray, rows: int, cols: int, pool: int, purpose: str):
+        """Patch matrix (C*kh*kw, pool*pool*rows*cols*N) of the padded CHWN input, in the
+        workspace array named ``purpose + ".patches"``.
+
+        Column order (qi, qj, r, c, n) for the output position (pool*r + qi, pool*c + qj): with
+        pool 1 that is plain (oh, ow, n); with pool k the k*k positions of each k x k pooling
+        window land in k*k contiguous blocks, so pooling is an elementwise max of blocks.
+        """
+        channels, _, _, n = padded.shape
+        _, _, kh, kw = self.W.shape
+        sc, sh, sw, sn = padded.strides
+        s = self.stride
+        shape = (channels, kh, kw, pool, pool, rows, cols, n)
+        strides = (sc, sh, sw, s * sh, s * sw, s * pool * sh, s * pool * sw, sn)
+        patches = self._workspace.array(
+            purpose + ".patches", (channels * kh * kw, pool * pool * rows * cols * n), padded.dtype
+        )
+        np.copyto(patches.reshape(shape), _strided_view(padded, shape, strides))
+        return patches
+
+    def _padded_input(self, x: np.ndarray, purpose: str) -> np.ndarray:
+        """x (N, C, H, W) -> zero-padded CHWN copy in the workspace."""
+        n, c, h, w = x.shape
+        p = self.pad
+        shape = (c, h + 2 * p, w + 2 * p, n)
+        out = self._workspace.array(purpose + ".padded", shape, x.dtype)
+        return _chwn_storage(x, p, out=out)
+
+    def _fold(self, dpatches: np.ndarray, padded_shape, rows: int, cols: int, pool: int):
+        """Adjoint of ``_unfold``: add each patch gradient back onto the input positions it
+        read. Returns the gradient of the padded CHWN input."""
+        channels, _, _, n = padded_shape
+        _, _, kh, kw = self.W.shape
+        s = self.stride
+        step = s * pool
+        d = dpatches.reshape(channels, kh, kw, pool, pool, rows, cols, n)
+        dx = np.zeros(padded_shape, dtype=dpatches.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                for qi in range(pool):
+                    for qj in range(pool):
+                        top, left = i + s * qi, j + s * qj
+                        dx[
+                            :,
+                            top : top + step * (rows - 1) + 1 : step,
+                            left : left + step * (cols - 1) + 1 : step,
+                        ] += d[:, i, j, qi, qj]
+        return dx
+
+    def _filter_responses(self, patches: np.ndarray, out: np.ndarray | None = None):
+        """W (filters, C*kh*kw) @ patches -> (filters, patch columns), without the bias."""
+        return np.matmul(self.W.reshape(self.W.shape[0], -1), patches, out=out)
+
+    def _backward_from_responses(self, dresponses: np.ndarray, cache) -> np.ndarray | None:
+        """Gradients from dL/d(filter responses) (filters, patch columns), ordered as the
+        cached patch matrix. Leaves dW and db; returns dx (NCHW view) or None."""
+        patches, padded_shape, rows, cols, pool = cache
+        filters = self.W.shape[0]
+        self.db = dresponses.sum(axis=1)
+        self.dW = (dresponses @ patches.T).reshape(self.W.shape)
+        if not self.needs_input_grad:
+            return None
+        dpatches = self._workspace.array("train.dpatches", patches.shape, patches.dtype)
+        np.matmul(self.W.reshape(filters, -1).T, dresponses, out=dpatches)
+        dx = self._fold(dpatches, padded_shape, rows, cols, pool)
+        p = self.pad
         if p:
-            x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        # (N, C, OH, OW, kh, kw) view -> (N*OH*OW, C*kh*kw) rows, one copy.
-        windows = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]
-        cols = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, channels * kh * kw)
-        out = cols @ self.W.reshape(filters, -1).T
-        out += self.b
-        if train:
-            self._cache = (cols, x.shape)
-        else:
-            self._cache = None
-        return out.reshape(n, oh, ow, filters).transpose(0, 3, 1, 2)
+            dx = dx[:, p:-p, p:-p]
+        return dx.transpose(3, 0, 1, 2)
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        x = self._checked_input(x)
+        filters, oh, ow = self.output_shape(x.shape[1:])
+        purpose = "train" if train else "infer"
+        padded = self._padded_input(x, purpose)
+        patches = self._unfold(padded, oh, ow, 1, purpose)
+        out = self._filter_responses(patches)
+        out += self.b[:, None]
+        self._cache = (patches, padded.shape, oh, ow, 1) if train else None
+        return _nchw_view(out, (filters, oh, ow, x.shape[0]))
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         if self._cache is None:
             raise RuntimeError("Conv2D.backward called without a training forward")
-        cols, padded_shape = self._cache
-        filters, channels, kh, kw = self.W.shape
-        n, _, oh, ow = dout.shape
-        dout_rows = dout.transpose(0, 2, 3, 1).reshape(n * oh * ow, filters)
-        self.db = dout_rows.sum(axis=0)
-        self.dW = (dout_rows.T @ cols).reshape(self.W.shape)
-        if not self.needs_input_grad:
-            return None
-        dcols = (dout_rows @ self.W.reshape(filters, -1)).reshape(n, oh, ow, channels, kh, kw)
-        dx = np.zeros(padded_shape, dtype=self.W.dtype)
-        s = self.stride
-        # col2im: each filter tap adds its patch gradient back onto the input positions it read.
-        for i in range(kh):
-            for j in range(kw):
-                dx[:, :, i : i + s * oh : s, j : j + s * ow : s] += dcols[
-                    :, :, :, :, i, j
-                ].transpose(0, 3, 1, 2)
-        p = self.pad
-        if p:
-            dx = dx[:, :, p:-p, p:-p]
-        return dx
+        dresponses = _chwn_storage(dout).reshape(self.W.shape[0], -1)
+        return self._backward_from_responses(dresponses, self._cache)
 
 
 class MaxPool2D(Layer):
@@ -158,6 +334,9 @@ class MaxPool2D(Layer):
     Backward sends each window's gradient to the *first* position holding the maximum (as the
     book and PyTorch do). MNIST has exact ties inside windows (flat saturated strokes); a mask
     of all maxima would send the gradient to every tied position and be wrong.
+
+    The maximum is a running elementwise max over the size*size window offsets, each a strided
+    view of the input (no window copy, no argmax over a short axis).
     """
 
     def __init__(self, size: int = 2, stride: int | None = None, pad: int = 0):
@@ -172,39 +351,137 @@ class MaxPool2D(Layer):
         ow = _window_output_size(width, self.size, self.stride, self.pad, "MaxPool2D")
         return channels, oh, ow
 
+    def _offsets(self, oh: int, ow: int) -> list[tuple[slice, slice]]:
+        """(rows, cols) slices of each window offset, in row-major window order."""
+        k, s = self.size, self.stride
+        return [
+            (slice(i, i + s * (oh - 1) + 1, s), slice(j, j + s * (ow - 1) + 1, s))
+            for i in range(k)
+            for j in range(k)
+        ]
+
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         if x.ndim != 4:
             raise ValueError(f"MaxPool2D input must be (N, C, H, W), got shape {x.shape}")
-        n, c = x.shape[:2]
         _, oh, ow = self.output_shape(x.shape[1:])
-        k, s, p = self.size, self.stride, self.pad
-        if p:
-            x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
-        windows = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s][:, :, :oh, :ow]
-        flat = windows.reshape(n, c, oh, ow, k * k)
-        if not train:
-            return flat.max(axis=-1)
-        argmax = flat.argmax(axis=-1)  # first occurrence of the maximum
-        out = np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
-        self._cache = (argmax, x.shape, x.dtype)
+        if self.pad:
+            x = _chwn_storage(x, self.pad, fill=-np.inf).transpose(3, 0, 1, 2)
+        candidates = [x[:, :, rows, cols] for rows, cols in self._offsets(oh, ow)]
+        out, masks = _running_max(candidates, keep_masks=train)
+        self._cache = (masks, x.shape, x.dtype) if train else None
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("MaxPool2D.backward called without a training forward")
-        argmax, padded_shape, dtype = self._cache
-        n, c, oh, ow = dout.shape
-        k, s, p = self.size, self.stride, self.pad
-        dwindows = np.zeros((n, c, oh, ow, k * k), dtype=dtype)
-        np.put_along_axis(dwindows, argmax[..., None], dout[..., None], axis=-1)
-        dwindows = dwindows.reshape(n, c, oh, ow, k, k)
-        dx = np.zeros(padded_shape, dtype=dtype)
-        for i in range(k):
-            for j in range(k):
-                dx[:, :, i : i + s * oh : s, j : j + s * ow : s] += dwindows[..., i, j]
+        masks, (n, c, h, w), dtype = self._cache
+        _, _, oh, ow = dout.shape
+        parts = np.empty((len(masks) + 1, c, oh, ow, n), dtype=dtype)
+        _route_to_first_max(dout, masks, [part.transpose(3, 0, 1, 2) for part in parts])
+        dx = np.zeros((c, h, w, n), dtype=dtype)
+        for part, (rows, cols) in zip(parts, self._offsets(oh, ow), strict=True):
+            # += rather than =: with stride < size the windows overlap.
+            dx[:, rows, cols] += part
+        p = self.pad
         if p:
-            dx = dx[:, :, p:-p, p:-p]
-        return dx
+            dx = dx[:, p:-p, p:-p]
+        return dx.transpose(3, 0, 1, 2)
+
+
+class ConvPool:
+    """conv -> [ReLU] -> max-pool (size k, stride k, no padding) as one step: the same layer
+    objects, the same math, less memory traffic.
+
+    - The conv's patch columns are ordered so the k*k positions of each pooling window form k*k
+      contiguous blocks (``Conv2D._unfold`` with ``pool=k``); pooling is then an elementwise
+      running max of whole blocks (``_running_max``, as in ``MaxPool2D``). Positions no window
+      covers (odd sizes) are never computed: they do not reach the output.
+    - Max-pooling runs *before* the bias and ReLU: max commutes with the per-channel increasing
+      map t -> max(t + b, 0), so the output is the same, with k*k times fewer elementwise
+      operations. Backward routes each window's gradient to its first maximum of the bias-free
+      responses; that is where the layers in sequence route it too, except when adding the
+      bias rounds two different responses to the same float (then this picks the true larger).
+    - Inference runs ``inference_chunk`` images at a time, which bounds the workspace.
+
+    Parameters and gradients stay in the conv layer (``conv.dW``, ``conv.db``).
+    """
+
+    inference_chunk = 128
+
+    def __init__(self, conv: Conv2D, relu: ReLU | None, pool: MaxPool2D):
+        if not ConvPool.fits(pool):
+            raise ValueError("ConvPool needs a max-pool with stride == size and no padding")
+        self.conv, self.relu, self.pool = conv, relu, pool
+        self._cache = None
+
+    @staticmethod
+    def fits(pool: MaxPool2D) -> bool:
+        """Whether the pooling windows tile the conv output without overlap or padding."""
+        return pool.stride == pool.size and pool.pad == 0
+
+    def _pooled_responses(self, x: np.ndarray, out: np.ndarray, rows: int, cols: int, train):
+        """Max over each pooling window of the bias-free filter responses of x (N, C, H, W),
+        written to ``out`` (filters, rows*cols, N). Returns (masks, conv cache) for backward."""
+        conv, k = self.conv, self.pool.size
+        purpose = "train" if train else "infer"
+        workspace = conv._workspace
+        filters, n = conv.W.shape[0], x.shape[0]
+        padded = conv._padded_input(x, purpose)
+        patches = conv._unfold(padded, rows, cols, k, purpose)
+        responses = workspace.array(
+            purpose + ".responses", (filters, patches.shape[1]), patches.dtype
+        )
+        conv._filter_responses(patches, out=responses)
+        blocks = responses.reshape(filters, k * k, rows * cols, n)
+        mask_out = [workspace.array(f"train.mask{q}", out.shape, np.bool_) for q in range(1, k * k)]
+        masks = _running_max(
+            [blocks[:, q] for q in range(k * k)], train, out=out, mask_out=mask_out
+        )[1]
+        return masks, (patches, padded.shape, rows, cols, k)
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        conv = self.conv
+        x = conv._checked_input(x)
+        n = x.shape[0]
+        filters, oh, ow = conv.output_shape(x.shape[1:])
+        _, rows, cols = self.pool.output_shape((filters, oh, ow))
+        out = np.empty((filters, rows * cols, n), x.dtype)
+        if train:
+            masks, conv_cache = self._pooled_responses(x, out, rows, cols, train=True)
+        else:
+            for start in range(0, n, self.inference_chunk):
+                part = slice(start, start + self.inference_chunk)
+                self._pooled_responses(x[part], out[:, :, part], rows, cols, train=False)
+        out += conv.b[:, None, None]
+        relu_mask = None
+        if self.relu is not None:
+            if train:
+                relu_mask = np.greater(
+                    out, 0, out=conv._workspace.array("train.relu_mask", out.shape, np.bool_)
+                )
+            np.maximum(out, 0, out=out)
+        self._cache = (masks, relu_mask, conv_cache) if train else None
+        return _nchw_view(out, (filters, rows, cols, n))
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        if self._cache is None:
+            raise RuntimeError("ConvPool.backward called without a training forward")
+        masks, relu_mask, conv_cache = self._cache
+        workspace = self.conv._workspace
+        filters, k = self.conv.W.shape[0], self.pool.size
+        grad = _chwn_storage(dout).reshape(filters, -1)
+        if relu_mask is not None:
+            grad = np.multiply(
+                grad,
+                relu_mask.reshape(filters, -1),
+                out=workspace.array("train.grad", grad.shape, grad.dtype),
+            )
+        dresponses = workspace.array(
+            "train.dresponses", (filters, k * k, grad.shape[1]), grad.dtype
+        )
+        flat_masks = [mask.reshape(filters, -1) for mask in masks]
+        _route_to_first_max(grad, flat_masks, [dresponses[:, q] for q in range(k * k)])
+        return self.conv._backward_from_responses(dresponses.reshape(filters, -1), conv_cache)
 
 
 class ReLU(Layer):
@@ -260,7 +537,9 @@ class Affine(Layer):
     """Dense layer: x (N, in) @ W (in, out) + b (out,) -> (N, out).
 
     An input with more than two axes is flattened per sample, as in the book; backward returns
-    the gradient in the input's original shape.
+    the gradient in the input's original shape, stored in the input's memory order (a
+    column-major (N, in) input, such as a flattened CHWN feature map, gets a column-major
+    gradient, so the layer before needs no transpose).
     """
 
     param_names = ("W", "b")
@@ -300,6 +579,9 @@ class Affine(Layer):
         self.db = dout.sum(axis=0)
         if not self.needs_input_grad:
             return None
+        if x2.flags.f_contiguous and not x2.flags.c_contiguous:
+            # (W @ dout^T)^T: the same numbers, computed straight into the input's order.
+            return (self.W @ dout.T).T.reshape(shape)
         return (dout @ self.W.T).reshape(shape)
 
 
@@ -361,46 +643,51 @@ class BatchNorm(Layer):
         self._cache = None
 
     @staticmethod
-    def _to_2d(x: np.ndarray) -> np.ndarray:
+    def _features_first(x: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) -> (C, H*W*N) or (N, D) -> (D, N): statistics run along axis 1. A view
+        when x is stored CHWN (what the image layers produce) or (N, D) in either order."""
         if x.ndim == 4:
-            return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
-        return x
+            return _chwn_storage(x).reshape(x.shape[1], -1)
+        return x.T
 
     @staticmethod
-    def _from_2d(y: np.ndarray, like_shape: tuple[int, ...]) -> np.ndarray:
+    def _restore(y: np.ndarray, like_shape: tuple[int, ...]) -> np.ndarray:
         if len(like_shape) == 4:
             n, c, h, w = like_shape
-            return y.reshape(n, h, w, c).transpose(0, 3, 1, 2)
-        return y
+            return _nchw_view(y, (c, h, w, n))
+        return y.T
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        x2 = self._to_2d(np.asarray(x, dtype=self.gamma.dtype))
+        x2 = self._features_first(np.asarray(x, dtype=self.gamma.dtype))
+        gamma, beta = self.gamma[:, None], self.beta[:, None]
         if train:
-            mean = x2.mean(axis=0)
-            xc = x2 - mean
-            var = (xc * xc).mean(axis=0)
+            mean = x2.mean(axis=1)
+            xc = x2 - mean[:, None]
+            var = (xc * xc).mean(axis=1)
             std = np.sqrt(var + self.eps)
-            xn = xc / std
+            xn = xc / std[:, None]
             m = self.momentum
             self.running_mean = m * self.running_mean + (1 - m) * mean
             self.running_var = m * self.running_var + (1 - m) * var
             self._cache = (xn, std, x.shape)
         else:
-            xn = (x2 - self.running_mean) / np.sqrt(self.running_var + self.eps)
+            std = np.sqrt(self.running_var + self.eps)
+            xn = (x2 - self.running_mean[:, None]) / std[:, None]
             self._cache = None
-        return self._from_2d(self.gamma * xn + self.beta, x.shape)
+        return self._restore(gamma * xn + beta, x.shape)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called without a training forward")
         xn, std, shape = self._cache
-        d2 = self._to_2d(dout)
-        self.dbeta = d2.sum(axis=0)
-        self.dgamma = (d2 * xn).sum(axis=0)
-        dxn = d2 * self.gamma
+        d2 = self._features_first(dout)
+        self.dbeta = d2.sum(axis=1)
+        self.dgamma = (d2 * xn).sum(axis=1)
+        dxn = d2 * self.gamma[:, None]
         # d/dx of (x - mean)/std with batch mean and variance, in closed form.
-        dx = (dxn - dxn.mean(axis=0) - xn * (dxn * xn).mean(axis=0)) / std
-        return self._from_2d(dx, shape)
+        dx = dxn - dxn.mean(axis=1, keepdims=True) - xn * (dxn * xn).mean(axis=1, keepdims=True)
+        dx /= std[:, None]
+        return self._restore(dx, shape)
 
 
 # --------------------------------------------------------------------------- losses

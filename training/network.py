@@ -31,6 +31,7 @@ from training.layers import (
     Affine,
     BatchNorm,
     Conv2D,
+    ConvPool,
     Dropout,
     Flatten,
     Layer,
@@ -229,6 +230,28 @@ class Network:
                 if hasattr(layer, "needs_input_grad"):
                     layer.needs_input_grad = False
                 break
+        self.steps = self._plan_steps()
+
+    def _plan_steps(self) -> list:
+        """What forward and backward run: the layers in order, with each conv -> [ReLU] ->
+        max-pool whose windows tile the conv output replaced by one ``ConvPool`` step over the
+        same layer objects (same parameters, same math, see ``ConvPool``)."""
+        layers = [layer for _, layer in self.layers]
+        steps, i = [], 0
+        while i < len(layers):
+            conv = layers[i]
+            relu = layers[i + 1] if i + 1 < len(layers) else None
+            if not isinstance(relu, ReLU):
+                relu = None
+            pool_index = i + (2 if relu is not None else 1)
+            pool = layers[pool_index] if pool_index < len(layers) else None
+            if isinstance(conv, Conv2D) and isinstance(pool, MaxPool2D) and ConvPool.fits(pool):
+                steps.append(ConvPool(conv, relu, pool))
+                i = pool_index + 1
+            else:
+                steps.append(conv)
+                i += 1
+        return steps
 
     def _make_layer(self, spec: dict, shape: tuple, rng: np.random.Generator, index: int):
         kind = spec["type"]
@@ -332,8 +355,8 @@ class Network:
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """x: (N, C, H, W) normalised input -> logits (N, output units)."""
         x = np.asarray(x, dtype=self.dtype)
-        for _, layer in self.layers:
-            x = layer.forward(x, train=train)
+        for step in self.steps:
+            x = step.forward(x, train=train)
         return x
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -347,8 +370,8 @@ class Network:
     def backward(self) -> dict[str, np.ndarray]:
         """Backpropagate the last training ``loss()``; returns ``grads()``."""
         dout = self.loss_layer.backward()
-        for _, layer in reversed(self.layers):
-            dout = layer.backward(dout)
+        for step in reversed(self.steps):
+            dout = step.backward(dout)
             if dout is None:  # the first trainable layer skipped its input gradient
                 break
         return self.grads()
@@ -362,8 +385,8 @@ class Network:
         try:
             self.loss(x, labels, train=True)
             dout = self.loss_layer.backward()
-            for _, layer in reversed(self.layers):
-                dout = layer.backward(dout)
+            for step in reversed(self.steps):
+                dout = step.backward(dout)
             return dout
         finally:
             for layer in skipping:
