@@ -130,6 +130,11 @@ class _Workspace(threading.local):
     backward cannot overwrite what the backward needs.
     """
 
+    def __reduce__(self):
+        # Copies and pickles of a layer get an empty workspace of their own (and stay possible:
+        # thread-local storage itself cannot be pickled).
+        return (_Workspace, ())
+
     def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """An uninitialised C-contiguous array, the same one as last time when shape and dtype
         match."""

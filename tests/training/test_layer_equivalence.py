@@ -6,6 +6,8 @@ layers' layout handling (NCHW views of CHWN storage, column-major inputs) agains
 inputs; workspaces against fresh arrays (repeated, chunked and concurrent calls).
 """
 
+import copy
+import pickle
 import threading
 
 import numpy as np
@@ -396,3 +398,15 @@ def test_concurrent_inference_gives_each_caller_its_own_answer():
     for thread in threads:
         thread.join()
     assert not failures
+
+
+def test_networks_copy_and_pickle_with_fresh_workspaces():
+    rng = np.random.default_rng(22)
+    net = Network(preset("simpleconvnet"), rng=rng)
+    x = digit_like(rng, 3, 1, 28, 28, np.float32)
+    expected = net.predict_proba(x)
+    for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        np.testing.assert_array_equal(clone.predict_proba(x), expected)
+        clone.loss(x, np.array([1, 2, 3]))
+        clone.backward()
+    np.testing.assert_array_equal(net.predict_proba(x), expected)
