@@ -179,8 +179,16 @@ def test_builder_stage_makes_a_wheel_with_the_service_conf(tmp_path):
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     (wheel,) = (tmp_path / "wheels").glob(f"convserve-{version}-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("service/gunicorn.conf.py", "service/app.py", "training/store.py"):
-        assert required in names, f"{required} missing from {wheel.name}"
+    # Every module, the conf and the web page's files (package data) must be in the wheel.
+    required = {"service/gunicorn.conf.py", "service/app.py", "training/store.py"}
+    required.update(
+        relative
+        for relative in DockerIgnore().context_files()
+        if relative.startswith(("service/", "training/"))
+        and (relative.endswith(".py") or relative.startswith("service/static/"))
+    )
+    missing = sorted(required - names)
+    assert not missing, f"missing from {wheel.name}: {missing}"
     entry_points = zipfile.ZipFile(wheel).read(f"convserve-{version}.dist-info/entry_points.txt")
     assert b"convserve = training.cli:main" in entry_points
 
