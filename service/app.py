@@ -11,6 +11,7 @@ environment, then its ``config`` mapping (the tests' way in).
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import inputs
@@ -196,6 +197,20 @@ def _snake(name: str) -> str:
 # ------------------------------------------------------------------------------ app state
 
 
+class ServiceRequest(Request):
+    """Flask's request, with multipart uploads kept in memory.
+
+    Uploads are bounded by MAX_CONTENT_LENGTH and read whole anyway, so temporary files buy
+    nothing; and werkzeug leaves the temporary file of a truncated part unclosed (a
+    ResourceWarning at garbage collection), which an in-memory buffer does not have.
+    """
+
+    def _get_file_stream(
+        self, total_content_length, content_type, filename=None, content_length=None
+    ):
+        return io.BytesIO()
+
+
 @dataclass
 class ServiceState:
     """What the routes share: settings, store, predictor, metrics. In ``app.extensions``."""
@@ -252,6 +267,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     settings = load_config(config)
     configure_logging(settings["LOG_LEVEL"])
     app = Flask(__name__)
+    app.request_class = ServiceRequest
     app.config.update(settings)  # MAX_CONTENT_LENGTH is also Flask's own limit on bodies
 
     metrics = ServiceMetrics()
