@@ -1,0 +1,495 @@
+"""The web page and the models view in a real browser (Debian's headless Chromium through
+Playwright) against a real gunicorn serving a temporary copy of a store.
+
+The store is a copy of the repository's model_store/ when it holds the trained ``mnist`` (then
+"the right label" is asserted), else a temporary store of untrained bundles (then only
+"the page shows what the API answers" is). Either way a second version is published to the
+copy, so the version selector has something to switch to.
+
+Screenshots of each view (desktop and a 360-px phone) are written to the test's temporary
+directory; the path is printed (``pytest -s``) so a person can look at them.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from conftest import find_mnist_dir, make_bundle
+
+from training.store import ModelStore
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+MAX_CONTENT_LENGTH = 200_000  # small, so the too-large error is cheap to provoke
+WAIT_MS = 15_000
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 360, "height": 740}
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (make browser)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="browser tests need the playwright Python package"
+    )
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def served_store(tmp_path_factory):
+    """(store root, trained?): a copy of model_store/ holding the trained mnist, or a store of
+    untrained bundles; either way with one more version published for the selector."""
+    root = tmp_path_factory.mktemp("browser-store") / "store"
+    bundles = tmp_path_factory.mktemp("browser-bundles")
+    repo_store = REPO / "model_store"
+    trained = (repo_store / "mnist").is_dir() and bool(ModelStore(repo_store).versions("mnist"))
+    store = ModelStore(root)
+    if trained:
+        shutil.copytree(repo_store, root)
+    else:
+        first = untrained_bundle_with_history(bundles / "first.npz")
+        store.publish(first, "mnist", alias="production")
+    store.publish(make_bundle(bundles / "extra.npz", seed=7), "mnist", note="browser test")
+    return root, trained
+
+
+def untrained_bundle_with_history(path: Path) -> Path:
+    """Random weights, but a made-up history and confusion matrix for the models view."""
+    from training.bundle import build_metadata, input_contract, save_bundle
+    from training.network import Network, preset
+
+    network = Network(preset("simpleconvnet", num_classes=10), rng=np.random.default_rng(0))
+    history = [
+        {
+            "epoch": epoch,
+            "train_loss": 2.0 / epoch,
+            "train_accuracy": 1 - 0.2 / epoch,
+            "val_loss": 2.2 / epoch,
+            "val_accuracy": 1 - 0.25 / epoch,
+        }
+        for epoch in range(1, 7)
+    ]
+    matrix = (np.eye(10, dtype=int) * 95 + np.roll(np.eye(10, dtype=int), 1, axis=1) * 5).tolist()
+    metadata = build_metadata(
+        network,
+        contract=input_contract(0.1307, 0.3081),
+        class_labels=list(range(10)),
+        metrics={"test_accuracy": 0.95, "confusion_matrix": matrix},
+        training={"preset": "simpleconvnet", "epochs": 6},
+        history=history,
+    )
+    return save_bundle(path, network, metadata)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(served_store, tmp_path_factory):
+    """A real gunicorn (one worker) on a free loopback port: yields its base URL."""
+    root, _ = served_store
+    port = free_port()
+    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    env = {
+        **os.environ,
+        "BIND": f"127.0.0.1:{port}",
+        "WORKERS": "1",
+        "MODEL_STORE": str(root),
+        "MODEL_NAME": "mnist",
+        "MODEL_ALIAS": "production",
+        "MAX_CONTENT_LENGTH": str(MAX_CONTENT_LENGTH),
+        "LOG_LEVEL": "warning",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "service/gunicorn.conf.py",
+        "service.app:create_app()",
+    ]
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        for _ in range(600):
+            if process.poll() is not None:
+                pytest.fail(f"gunicorn exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if requests.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"gunicorn not ready within 60 s:\n{log.read_text()}")
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"gunicorn not ready:\n{log.read_text()}")
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("screenshots")
+    print(f"\nbrowser screenshots: {directory}")
+    return directory
+
+
+@pytest.fixture
+def desktop(browser, server):
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def phone(browser, server):
+    context = browser.new_context(
+        viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def digit_png(mnist_images, tmp_path_factory) -> tuple[Path, int]:
+    """The first MNIST test digit as a PNG file (white ink on black), and its label."""
+    from PIL import Image
+
+    images, labels = mnist_images
+    path = tmp_path_factory.mktemp("digits") / "digit.png"
+    Image.fromarray(images[0]).save(path)
+    return path, int(labels[0])
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def open_page(page, base: str) -> None:
+    page.goto(base + "/")
+    # The version list arrives from /models after the page loads.
+    page.wait_for_selector('#version option[value^="version:"]', state="attached")
+
+
+def finished(page) -> int:
+    return int(page.evaluate("Number(document.getElementById('result').dataset.finished || 0)"))
+
+
+def wait_finished(page, before: int) -> None:
+    # A function, not an expression: the page's Content-Security-Policy forbids eval.
+    page.wait_for_function(
+        "before => Number(document.getElementById('result').dataset.finished || 0) > before",
+        arg=before,
+    )
+
+
+def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
+    """Draw with the mouse; points are fractions of the pad's width and height."""
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        points = [
+            (box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke
+        ]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for point in points[1:]:
+            page.mouse.move(*point, steps=8)
+        page.mouse.up()
+
+
+def draw_with_touch(page, stroke: list[tuple[float, float]]) -> None:
+    """One finger stroke through Chromium's touch input (touch -> pointer events), at a
+    finger's pace: 60 moves a second and a rest before lifting. (Moves sent all at once make a
+    fling, and Chromium then swallows the next tap as the one that stops the fling.)"""
+    box = page.locator("#pad").bounding_box()
+    session = page.context.new_cdp_session(page)
+    points = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke]
+    kinds = ["touchStart"] + ["touchMove"] * (len(points) - 1)
+    for kind, (x, y) in zip(kinds, points, strict=True):
+        session.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]})
+        page.wait_for_timeout(16)
+    page.wait_for_timeout(100)
+    session.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    session.detach()
+
+
+SEVEN = [[(0.25, 0.22), (0.75, 0.22), (0.42, 0.85)]]
+ONE = [(0.5, 0.15 + 0.07 * step) for step in range(11)]
+
+
+def predict_via_api(base: str, png: bytes, name: str = "image.png", **params) -> requests.Response:
+    return requests.post(
+        base + "/predict",
+        params={"explain": "1", **params},
+        files={"image": (name, png, "image/png")},
+        timeout=10,
+    )
+
+
+def shown_answer(page) -> dict:
+    return {
+        "label": page.inner_text("#label"),
+        "version": page.get_attribute("#answered-by", "data-version"),
+        "bars": page.locator("#bars .bar-value").all_inner_texts(),
+    }
+
+
+def pad_png(page) -> bytes:
+    url = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
+    assert url.startswith("data:image/png;base64,")
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def without_addresses(text: str) -> str:
+    return re.sub(r"0x[0-9a-f]+", "0x...", text)
+
+
+def assert_no_horizontal_scroll(page) -> None:
+    width = page.evaluate("document.scrollingElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page scrolls sideways: {width} px wide"
+
+
+# ---------------------------------------------------------------------------------- tests
+
+
+def test_drawing_is_classified_as_the_api_classifies_the_same_png(
+    desktop, server, served_store, screenshots
+):
+    open_page(desktop, server)
+    draw(desktop, SEVEN)
+    before = finished(desktop)
+    desktop.click("#predict")
+    wait_finished(desktop, before)
+    assert desktop.inner_text("#error") == ""
+    shown = shown_answer(desktop)
+
+    answer = predict_via_api(server, pad_png(desktop))
+    assert answer.status_code == 200, answer.text
+    document = answer.json()
+    prediction = document["predictions"][0]
+    assert shown["label"] == str(prediction["label"])
+    assert shown["version"] == str(document["model"]["version"]) == "1"
+    assert shown["bars"] == [f"{100 * p:.1f}%" for p in prediction["probabilities"]]
+    assert desktop.inner_text("#confidence") == f"{100 * prediction['confidence']:.1f}%"
+    _, trained = served_store
+    if trained:
+        assert shown["label"] == "7"
+
+    # The 28x28 image the model saw, shown larger with square pixels.
+    seen = desktop.evaluate(
+        "(() => { const img = document.getElementById('seen');"
+        " return [img.naturalWidth, img.naturalHeight, img.getBoundingClientRect().width,"
+        " getComputedStyle(img).imageRendering, img.src]; })()"
+    )
+    assert seen[:2] == [28, 28] and seen[2] >= 4 * 28
+    assert seen[3] == "pixelated"
+    assert seen[4] == prediction["input_png"]
+    assert "Predicted" in desktop.inner_text("#status")
+    desktop.screenshot(path=screenshots / "page-desktop.png", full_page=True)
+
+    desktop.click("#clear")
+    before = finished(desktop)
+    desktop.click("#predict")
+    assert "draw a digit first" in desktop.inner_text("#error")
+    assert finished(desktop) == before, "an empty pad is not sent"
+
+
+def test_uploaded_mnist_digit_gets_its_label(desktop, server, served_store, digit_png):
+    path, true_label = digit_png
+    open_page(desktop, server)
+    before = finished(desktop)
+    desktop.set_input_files("#upload", str(path))
+    wait_finished(desktop, before)
+    assert desktop.inner_text("#error") == ""
+    document = predict_via_api(server, path.read_bytes()).json()
+    assert desktop.inner_text("#label") == str(document["predictions"][0]["label"])
+    _, trained = served_store
+    if trained and find_mnist_dir() is not None:
+        assert desktop.inner_text("#label") == str(true_label)
+
+
+def test_version_selector_switches_the_answering_version(desktop, server, digit_png):
+    path, _ = digit_png
+    open_page(desktop, server)
+    options = desktop.locator("#version option").all_inner_texts()
+    assert options[0] == "Served: version 1 (production)"
+    assert "Version 1 (served, production)" in options
+    newest = max(
+        int(v.split(":")[1])
+        for v in desktop.locator("#version option").evaluate_all(
+            "options => options.map(o => o.value).filter(v => v.startsWith('version:'))"
+        )
+    )
+    assert newest >= 2
+
+    for choice, expected in ((f"version:{newest}", newest), ("", 1), ("version:1", 1)):
+        desktop.select_option("#version", choice)
+        before = finished(desktop)
+        desktop.set_input_files("#upload", str(path))
+        wait_finished(desktop, before)
+        assert desktop.get_attribute("#answered-by", "data-version") == str(expected)
+        assert f"version {expected}" in desktop.inner_text("#answered-by")
+
+
+def test_api_errors_appear_as_readable_alerts(desktop, server):
+    open_page(desktop, server)
+    text = b"these are notes, not a picture\n"
+    before = finished(desktop)
+    desktop.set_input_files(
+        "#upload", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": text}]
+    )
+    wait_finished(desktop, before)
+    api = requests.post(
+        server + "/predict", files={"image": ("notes.txt", text, "text/plain")}, timeout=10
+    )
+    assert api.status_code == 400
+    alert = desktop.get_by_role("alert")
+    assert alert.is_visible()
+    message = alert.inner_text()
+    assert message.startswith("The server could not classify that:")
+    # The server's own words (object addresses in them vary between requests).
+    assert without_addresses(api.json()["error"]["message"]) in without_addresses(message)
+
+    before = finished(desktop)
+    big = b"\x89PNG\r\n\x1a\n" + bytes(MAX_CONTENT_LENGTH)
+    desktop.set_input_files(
+        "#upload", files=[{"name": "huge.png", "mimeType": "image/png", "buffer": big}]
+    )
+    wait_finished(desktop, before)
+    assert "too large" in desktop.get_by_role("alert").inner_text()
+
+    # A good answer afterwards clears the alert.
+    draw(desktop, SEVEN)
+    before = finished(desktop)
+    desktop.click("#predict")
+    wait_finished(desktop, before)
+    assert not desktop.get_by_role("alert").is_visible()
+
+
+def test_controls_are_reachable_with_the_keyboard_and_show_focus(desktop, server):
+    open_page(desktop, server)
+    reached = []
+    for _ in range(20):
+        desktop.keyboard.press("Tab")
+        focused = desktop.evaluate(
+            "(() => { const el = document.activeElement;"
+            " return [el.id || el.textContent.trim(), getComputedStyle(el).outlineStyle]; })()"
+        )
+        reached.append(focused[0])
+        if focused[0] in ("predict", "clear", "version"):
+            assert focused[1] != "none", f"no visible focus on {focused[0]}"
+        if focused[0] == "version":
+            break
+    order = [name for name in reached if name in ("predict", "clear", "upload", "camera")]
+    assert order == ["predict", "clear", "upload", "camera"]
+    assert reached[-1] == "version"
+    # Enter on the focused Predict button works like a click (here: the empty-pad message).
+    desktop.focus("#predict")
+    desktop.keyboard.press("Enter")
+    assert "draw a digit first" in desktop.inner_text("#error")
+
+
+def test_phone_layout_touch_drawing_and_no_sideways_scrolling(phone, server, screenshots):
+    open_page(phone, server)
+    assert_no_horizontal_scroll(phone)
+    draw_with_touch(phone, ONE)
+    before = finished(phone)
+    phone.tap("#predict")
+    wait_finished(phone, before)
+    assert phone.inner_text("#error") == ""
+    document = predict_via_api(server, pad_png(phone)).json()
+    assert phone.inner_text("#label") == str(document["predictions"][0]["label"])
+    assert_no_horizontal_scroll(phone)
+    pad_width = phone.locator("#pad").bounding_box()["width"]
+    assert 200 <= pad_width <= PHONE["width"]
+    phone.screenshot(path=screenshots / "page-phone.png", full_page=True)
+
+
+def test_models_view_shows_versions_curves_and_matrix(
+    desktop, phone, server, served_store, screenshots
+):
+    root, trained = served_store
+    store = ModelStore(root)
+    versions = store.versions("mnist")
+    desktop.goto(server + "/ui/models")
+    rows = desktop.locator("table.versions tbody th[scope=row]").all_inner_texts()
+    assert rows == [str(v) for v in sorted(versions, reverse=True)]
+    opened = desktop.locator("details.version[open]")
+    assert opened.count() == 1 and opened.get_attribute("id") == "mnist-v1"
+    titles = desktop.locator("#mnist-v1 svg > title").all_text_contents()
+    assert "Confusion matrix on the test set, mnist version 1" in titles
+    assert "Learning curve: accuracy per epoch, mnist version 1" in titles
+    manifest = store.manifest("mnist", 1)
+    epochs = len(manifest["history"])
+    assert desktop.locator("#mnist-v1-acc circle.dot-train").count() == epochs
+    assert desktop.locator("#mnist-v1-loss circle.dot-val").count() == epochs
+    assert desktop.locator("#mnist-v1-cm rect.cell").count() == 100
+    accuracy = manifest["metrics"]["test_accuracy"]
+    assert f"{100 * accuracy:.2f}%" in desktop.inner_text("table.versions")
+    box = desktop.locator("#mnist-v1-cm").bounding_box()
+    assert box["width"] > 200, "the confusion matrix is drawn at a readable size"
+    desktop.screenshot(path=screenshots / "models-desktop.png", full_page=True)
+
+    phone.goto(server + "/ui/models")
+    assert_no_horizontal_scroll(phone)
+    phone.screenshot(path=screenshots / "models-phone.png", full_page=True)
+    # The page links back to the drawing pad.
+    phone.click("nav >> text=Draw")
+    phone.wait_for_selector("#pad")
+    assert np.isclose(phone.evaluate("window.innerWidth"), PHONE["width"])

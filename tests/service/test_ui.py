@@ -1,0 +1,313 @@
+"""The web page and the models view through Flask's test client: HTML, labels, static files,
+the server-rendered models view and its SVG charts. The browser tests are in tests/e2e."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_bundle
+
+from service.app import create_app
+from service.ui import confusion_matrix_svg, learning_curve_svg
+from training.store import ModelStore
+
+STATIC = Path(__file__).resolve().parents[2] / "service" / "static"
+
+
+def history_bundle(path: Path, *, seed: int, epochs: int = 3, test_accuracy: float = 0.9):
+    """An untrained bundle whose metadata carries a training history, per-class accuracy and
+    a confusion matrix, as a trained one does."""
+    from training.bundle import build_metadata, input_contract, save_bundle
+    from training.network import Network, preset
+
+    network = Network(preset("simpleconvnet", num_classes=10), rng=np.random.default_rng(seed))
+    history = [
+        {
+            "epoch": epoch,
+            "train_loss": 1.0 / epoch,
+            "train_accuracy": 0.80 + 0.05 * epoch,
+            "val_loss": 1.2 / epoch,
+            "val_accuracy": 0.78 + 0.05 * epoch,
+            "lr": 0.01,
+            "seconds": 1.5,
+        }
+        for epoch in range(1, epochs + 1)
+    ]
+    matrix = np.diag(np.full(10, 90)).astype(int)
+    matrix[3, 5] = 7  # one distinctive mistake: seven 3s read as 5
+    metadata = build_metadata(
+        network,
+        contract=input_contract(0.1307, 0.3081),
+        class_labels=list(range(10)),
+        metrics={
+            "test_accuracy": test_accuracy,
+            "val_accuracy": test_accuracy - 0.01,
+            "test_loss": 0.3,
+            "per_class_accuracy": [0.9] * 10,
+            "confusion_matrix": matrix.tolist(),
+        },
+        training={"preset": "simpleconvnet", "epochs": epochs, "batch_size": 64, "seed": seed},
+        data_fingerprint={"train-images-idx3-ubyte.gz": {"sha256": "ab" * 32, "size": 9912422}},
+        history=history,
+    )
+    return save_bundle(path, network, metadata)
+
+
+@pytest.fixture
+def store(tmp_path) -> ModelStore:
+    """mnist:1 (production, with history) and mnist:2 (no history, a note with markup)."""
+    store = ModelStore(tmp_path / "store")
+    store.publish(history_bundle(tmp_path / "one.npz", seed=0), "mnist", alias="production")
+    store.publish(
+        make_bundle(tmp_path / "two.npz", seed=1, test_accuracy=0.5),
+        "mnist",
+        note="<script>alert(1)</script> & friends",
+    )
+    return store
+
+
+@pytest.fixture
+def app(store):
+    return create_app(
+        {"MODEL_STORE": str(store.root), "RELOAD_INTERVAL_S": 0, "LOG_LEVEL": "error"}
+    )
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def get(client, path: str):
+    """GET and read the whole body, closing the response (static files are open files)."""
+    with client.get(path) as response:
+        response.get_data()
+    return response
+
+
+class Elements(HTMLParser):
+    """Every start tag as (tag, attributes), and the text of the document."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def all(self, tag: str) -> list[dict]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+# ---------------------------------------------------------------------------------- the page
+
+
+def test_root_serves_the_page_with_pad_controls_and_labels(client):
+    response = get(client, "/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    page = Elements(response.get_data(as_text=True))
+    assert [c["id"] for c in page.all("canvas")] == ["pad"]
+    buttons = {b["id"]: b for b in page.all("button")}
+    assert {"predict", "clear"} <= set(buttons)
+    assert all(b.get("type") == "button" for b in buttons.values())
+    labelled = {label["for"] for label in page.all("label")}
+    controls = [*page.all("input"), *page.all("select")]
+    assert {c["id"] for c in controls} == {"upload", "camera", "version"}
+    assert all(c["id"] in labelled for c in controls), "every input needs a <label for=...>"
+    uploads = [c for c in page.all("input") if c.get("type") == "file"]
+    assert all(c.get("accept") == "image/*" for c in uploads)
+    assert any("capture" in c for c in uploads), "one control opens the camera on phones"
+    alerts = [attrs for _, attrs in page.tags if attrs.get("role") == "alert"]
+    assert [a["id"] for a in alerts] == ["error"]
+    viewport = [m for m in page.all("meta") if m.get("name") == "viewport"]
+    assert viewport and "width=device-width" in viewport[0]["content"]
+
+
+def test_page_loads_only_its_own_files(client):
+    """No CDN: every script, stylesheet and icon is a relative URL this app serves."""
+    page = Elements(get(client, "/").get_data(as_text=True))
+    urls = [s["src"] for s in page.all("script")] + [link["href"] for link in page.all("link")]
+    assert urls, "the page references its files"
+    for url in urls:
+        assert not re.match(r"^([a-z]+:)?//", url), url
+        assert get(client, "/" + url).status_code == 200, url
+
+
+def test_page_sets_a_same_origin_content_security_policy(client):
+    response = get(client, "/")
+    policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert "img-src 'self' data:" in policy  # the 28x28 image arrives as a data: URL
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("name", "types"),
+    [
+        ("app.js", {"text/javascript", "application/javascript"}),
+        ("style.css", {"text/css"}),
+        ("favicon.svg", {"image/svg+xml"}),
+        ("index.html", {"text/html"}),
+    ],
+)
+def test_static_files_have_sensible_content_types(client, name, types):
+    response = get(client, f"/ui/static/{name}")
+    assert response.status_code == 200
+    assert response.mimetype in types
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.data == (STATIC / name).read_bytes()
+
+
+@pytest.mark.parametrize("path", ["/ui/static/nothing.js", "/ui/static/../app.py"])
+def test_missing_static_files_are_json_404s(client, path):
+    response = get(client, path)
+    assert response.status_code == 404
+    assert response.is_json and response.json["error"]["code"]
+
+
+def test_route_index_moved_to_api(client):
+    response = get(client, "/api")
+    assert response.status_code == 200
+    paths = {route["path"] for route in response.json["routes"]}
+    assert {"/predict", "/models", "/api"} <= paths
+
+
+def test_script_calls_the_api_relative_to_the_page(client):
+    """The page's requests stay on its origin and path (works behind a path prefix)."""
+    script = get(client, "/ui/static/app.js").get_data(as_text=True)
+    assert '"predict?"' in script and 'fetch("models"' in script
+    assert "explain" in script
+    assert "http://" not in script and "https://" not in script
+
+
+# ---------------------------------------------------------------------------------- models view
+
+
+def test_models_view_lists_every_version_with_aliases_and_accuracy(client):
+    response = get(client, "/ui/models")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    text = response.get_data(as_text=True)
+    page = Elements(text)
+    assert {d["id"] for d in page.all("details") if "id" in d} >= {"mnist-v1", "mnist-v2"}
+    rows = re.findall(r'<tr><th scope="row"><a href="#mnist-v(\d+)">', text)
+    assert rows == ["2", "1"], "newest first"
+    assert "90.00%" in text and "50.00%" in text  # test accuracies of v1 and v2
+    assert '<span class="tag">production</span>' in text
+    assert '<span class="tag served">served</span>' in text
+    assert "Serving <strong>version 1</strong>" in text
+    assert re.search(r'<time datetime="\d{4}-\d\d-\d\dT[^"]+">', text)
+    assert "batch_size" in text and "train-images-idx3-ubyte.gz" in text
+
+
+def test_models_view_escapes_manifest_text(client):
+    text = get(client, "/ui/models").get_data(as_text=True)
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; friends" in text
+
+
+def test_models_view_draws_curves_and_confusion_matrix_with_accessible_titles(client):
+    text = get(client, "/ui/models").get_data(as_text=True)
+    page = Elements(text)
+    ids = [attrs["id"] for _, attrs in page.tags if "id" in attrs]
+    assert len(ids) == len(set(ids)), "ids are unique"
+    svgs = page.all("svg")
+    assert {s["id"] for s in svgs} >= {"mnist-v1-acc", "mnist-v1-loss", "mnist-v1-cm"}
+    for svg in svgs:
+        assert svg["role"] == "img"
+        for referenced in svg["aria-labelledby"].split():
+            assert referenced in ids
+    assert "Learning curve: accuracy per epoch, mnist version 1" in text
+    assert "Confusion matrix on the test set, mnist version 1" in text
+    assert "true 3, predicted 5: 7" in text
+    # Version 2 has no history: said in words, not with empty charts.
+    assert "This version records no training history and no confusion matrix." in text
+    assert "mnist-v2-acc" not in text and "mnist-v2-cm" not in text
+
+
+def test_models_view_shows_a_broken_version_without_failing(client, store):
+    (store.root / "mnist" / "2" / "manifest.json").write_text("{not json")
+    response = get(client, "/ui/models")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert "mnist:2: manifest.json is not valid JSON" in text
+    assert 'id="mnist-v1-cm"' in text
+
+
+def test_models_view_of_an_empty_store(tmp_path):
+    app = create_app({"MODEL_STORE": str(tmp_path / "empty"), "RELOAD_INTERVAL_S": 0})
+    response = get(app.test_client(), "/ui/models")
+    assert response.status_code == 200
+    assert "holds no model yet" in response.get_data(as_text=True)
+
+
+# ---------------------------------------------------------------------------------- SVG
+
+
+def _points(svg: str, series: str) -> list[tuple[float, float]]:
+    found = re.search(rf'<polyline class="line-{series}"[^>]*points="([^"]*)"', svg)
+    assert found, f"no {series} line"
+    return [tuple(map(float, pair.split(","))) for pair in found.group(1).split()]
+
+
+def test_learning_curve_plots_each_epoch_and_skips_missing_values():
+    history = [
+        {"epoch": 1, "train_accuracy": 0.5, "val_accuracy": 0.4},
+        {"epoch": 2, "train_accuracy": 0.7, "val_accuracy": None},
+        {"epoch": 3, "train_accuracy": 0.9, "val_accuracy": float("nan")},
+        {"epoch": 4, "train_accuracy": 0.95, "val_accuracy": 0.9},
+    ]
+    svg = learning_curve_svg(history, "accuracy", "c", "m version 1")
+    train, val = _points(svg, "train"), _points(svg, "val")
+    assert len(train) == 4 and len(val) == 2
+    xs = [x for x, _ in train]
+    ys = [y for _, y in train]
+    assert xs == sorted(xs) and len(set(xs)) == 4
+    assert ys == sorted(ys, reverse=True), "higher accuracy is drawn higher (smaller y)"
+    assert svg.count("<circle") == 6
+    assert "epoch 4: validation accuracy 90.00%" in svg
+    assert '<title id="c-title">' in svg and 'aria-labelledby="c-title c-desc"' in svg
+
+
+def test_learning_curve_of_one_epoch_and_of_none():
+    one = learning_curve_svg([{"epoch": 1, "train_loss": 0.3}], "loss", "x", "m")
+    assert len(_points(one, "train")) == 1
+    assert learning_curve_svg([], "loss", "y", "m") == ""
+    assert learning_curve_svg([{"epoch": 1, "train_loss": None}], "loss", "y", "m") == ""
+
+
+@pytest.mark.parametrize(
+    "matrix",
+    [None, [], [[1, 2], [3]], [[1, "x"], [0, 1]], [[1, -1], [0, 1]], "nope", [[float("inf")]]],
+)
+def test_confusion_matrix_refuses_malformed_matrices(matrix):
+    assert confusion_matrix_svg(matrix, None, "cm", "m") == ""
+
+
+def test_confusion_matrix_shades_by_row_share_and_names_the_worst_mistake():
+    matrix = [[8, 2, 0], [0, 10, 0], [1, 0, 9]]
+    svg = confusion_matrix_svg(matrix, ["a", "b", "c"], "cm", "m")
+    opacities = [float(v) for v in re.findall(r'fill-opacity="([0-9.]+)"', svg)]
+    assert len(opacities) == 9
+    assert opacities[4] == pytest.approx(1.0)  # b -> b, the whole row
+    assert opacities[2] == 0.0  # a -> c never happens
+    assert opacities[0] > opacities[1] > 0
+    assert "true a predicted as b (2 times)" in svg
+    assert "true c, predicted a: 1 (10.0% of true c)" in svg
+
+
+def test_manifest_history_reaches_the_json_api_too(client):
+    """The models view and the API read the same manifest: history included."""
+    manifest = get(client, "/models/mnist/versions/1").json["manifest"]
+    assert [record["epoch"] for record in manifest["history"]] == [1, 2, 3]
+    assert json.loads(json.dumps(manifest["metrics"]["confusion_matrix"]))[3][5] == 7
