@@ -25,7 +25,6 @@
   let hasInk = false;
   let lastPoint = null;
   let activePointer = null;
-  let busy = false;
 
   // ------------------------------------------------------------------ drawing
   function clearPad() {
@@ -127,38 +126,56 @@
     return "The server could not classify that: " + message;
   }
 
+  // The last image sent, so a change of version can ask again about the same image.
+  let lastInput = null;
+  // The request in flight: a newer one (another drawing, file or version) replaces it.
+  let inflight = null;
+
   async function send(blob, filename) {
-    if (busy) {
-      return;
+    lastInput = { blob, filename };
+    if (inflight) {
+      inflight.abort();
     }
+    const controller = new AbortController();
+    inflight = controller;
     setBusy(true);
     showError("");
     try {
       const form = new FormData();
       form.append("image", blob, filename);
-      let response;
-      try {
-        response = await fetch(predictUrl(), { method: "POST", body: form });
-      } catch (_) {
-        showError("Could not reach the server. Check the connection and try again.");
-        return;
-      }
+      const response = await fetch(predictUrl(), {
+        method: "POST",
+        body: form,
+        signal: controller.signal,
+      });
       if (!response.ok) {
-        showError(await errorMessage(response));
+        const message = await errorMessage(response);
+        if (controller === inflight) {
+          showError(message);
+        }
         return;
       }
-      await showAnswer(await response.json());
+      const answer = await response.json();
+      if (controller === inflight) {
+        await showAnswer(answer);
+      }
+    } catch (error) {
+      if (error.name !== "AbortError" && controller === inflight) {
+        showError("Could not reach the server. Check the connection and try again.");
+      }
     } finally {
-      // A counter of finished requests (answered or refused): lets a script wait for one.
-      resultSection.dataset.finished = String(Number(resultSection.dataset.finished || 0) + 1);
-      setBusy(false);
+      if (controller === inflight) {
+        inflight = null;
+        // A counter of finished requests (answered or refused): lets a script wait for one.
+        resultSection.dataset.finished = String(Number(resultSection.dataset.finished || 0) + 1);
+        setBusy(false);
+      }
     }
   }
 
+  // Not `disabled`: that would drop the keyboard focus from the button just pressed.
   function setBusy(value) {
-    busy = value;
     resultSection.setAttribute("aria-busy", String(value));
-    predictButton.disabled = value;
     predictButton.textContent = value ? "Predicting..." : "Predict";
   }
 
@@ -322,8 +339,16 @@
     }, "image/png");
   });
 
+  // Comparing versions: the same image again, answered by the newly chosen version.
+  versionSelect.addEventListener("change", () => {
+    if (lastInput) {
+      send(lastInput.blob, lastInput.filename);
+    }
+  });
+
   clearButton.addEventListener("click", () => {
     clearPad();
+    lastInput = null;
     showError("");
   });
 

@@ -378,13 +378,24 @@ def test_version_selector_switches_the_answering_version(desktop, server, digit_
     )
     assert newest >= 2
 
+    before = finished(desktop)
+    desktop.set_input_files("#upload", str(path))
+    wait_finished(desktop, before)
+    assert desktop.get_attribute("#answered-by", "data-version") == "1"
+    # Choosing a version asks again about the same image.
     for choice, expected in ((f"version:{newest}", newest), ("", 1), ("version:1", 1)):
-        desktop.select_option("#version", choice)
         before = finished(desktop)
-        desktop.set_input_files("#upload", str(path))
+        desktop.select_option("#version", choice)
         wait_finished(desktop, before)
         assert desktop.get_attribute("#answered-by", "data-version") == str(expected)
         assert f"version {expected}" in desktop.inner_text("#answered-by")
+    api = predict_via_api(server, path.read_bytes(), version=str(newest)).json()
+    desktop.select_option("#version", f"version:{newest}")
+    desktop.wait_for_function(
+        "v => document.getElementById('answered-by').dataset.version === v", arg=str(newest)
+    )
+    shown = desktop.locator("#bars .bar-value").all_inner_texts()
+    assert shown == [f"{100 * p:.1f}%" for p in api["predictions"][0]["probabilities"]]
 
 
 def test_api_errors_appear_as_readable_alerts(desktop, server):
@@ -437,7 +448,7 @@ def test_controls_are_reachable_with_the_keyboard_and_show_focus(desktop, server
         if focused[0] == "version":
             break
     order = [name for name in reached if name in ("predict", "clear", "upload", "camera")]
-    assert order == ["predict", "clear", "upload", "camera"]
+    assert order == ["predict", "clear", "upload"], "no camera control with a mouse"
     assert reached[-1] == "version"
     # Enter on the focused Predict button works like a click (here: the empty-pad message).
     desktop.focus("#predict")
@@ -448,6 +459,7 @@ def test_controls_are_reachable_with_the_keyboard_and_show_focus(desktop, server
 def test_phone_layout_touch_drawing_and_no_sideways_scrolling(phone, server, screenshots):
     open_page(phone, server)
     assert_no_horizontal_scroll(phone)
+    assert phone.locator("#camera").is_visible(), "a phone offers its camera"
     draw_with_touch(phone, ONE)
     before = finished(phone)
     phone.tap("#predict")
