@@ -1,10 +1,10 @@
 """The web page and the models view in a real browser (Debian's headless Chromium through
 Playwright) against a real gunicorn serving a temporary copy of a store.
 
-The store is a copy of the repository's model_store/ when it holds the trained ``mnist`` (then
-"the right label" is asserted), else a temporary store of untrained bundles (then only
-"the page shows what the API answers" is). Either way a second version is published to the
-copy, so the version selector has something to switch to.
+The store is a copy of the repository's model_store/ (or of $CONVSERVE_TEST_STORE) when it holds
+the trained ``mnist`` (then "the right label" is asserted), else a temporary store of untrained
+bundles (then only "the page shows what the API answers" is). Either way a second version is
+published to the copy, so the version selector has something to switch to.
 
 Screenshots of each view (desktop and a 360-px phone) are written to the test's temporary
 directory; the path is printed (``pytest -s``) so a person can look at them.
@@ -73,7 +73,8 @@ def served_store(tmp_path_factory):
     untrained bundles; either way with one more version published for the selector."""
     root = tmp_path_factory.mktemp("browser-store") / "store"
     bundles = tmp_path_factory.mktemp("browser-bundles")
-    repo_store = REPO / "model_store"
+    # CONVSERVE_TEST_STORE: another store to copy (e.g. a freshly trained one), else the repo's.
+    repo_store = Path(os.environ.get("CONVSERVE_TEST_STORE") or REPO / "model_store")
     trained = (repo_store / "mnist").is_dir() and bool(ModelStore(repo_store).versions("mnist"))
     store = ModelStore(root)
     if trained:
