@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 from flask import Flask, Request, Response, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service import inputs
 from service.errors import (
@@ -350,6 +350,12 @@ def _register_error_handler(app: Flask) -> None:
     @app.errorhandler(Exception)
     def handle_error(exc: Exception):
         status, code, message = describe_error(exc)
+        if isinstance(exc, RequestEntityTooLarge):
+            # werkzeug's own wording names no limit; say which one.
+            message = (
+                f"the request body is over the limit of {app.config['MAX_CONTENT_LENGTH']} "
+                "bytes (MAX_CONTENT_LENGTH), or a multipart body has too many parts"
+            )
         if status >= 500:
             logger.error(
                 "%s while answering %s %s",
