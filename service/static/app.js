@@ -107,7 +107,7 @@
 
   // The API answers errors as {"error": {"code", "message"}}; anything else (a proxy's HTML
   // page, a dropped connection) still gets a sentence a person can read.
-  async function errorMessage(response) {
+  async function errorMessage(response, blob) {
     let message = "";
     try {
       const body = await response.json();
@@ -118,12 +118,21 @@
       // not JSON: fall through to the status line
     }
     if (response.status === 413) {
-      return "That file is too large for the server. " + (message || "Try a smaller image.");
+      const size = blob ? " (" + formatSize(blob.size) + ")" : "";
+      return "That file" + size + " is too large for the server. " +
+        (message || "Try a smaller image.");
     }
     if (!message) {
       message = "the server answered " + response.status + " " + response.statusText + ".";
     }
     return "The server could not classify that: " + message;
+  }
+
+  function formatSize(bytes) {
+    if (bytes >= 1e6) {
+      return (bytes / 1e6).toFixed(1) + " MB";
+    }
+    return Math.max(1, Math.round(bytes / 1e3)) + " kB";
   }
 
   // The last image sent, so a change of version can ask again about the same image.
@@ -149,7 +158,7 @@
         signal: controller.signal,
       });
       if (!response.ok) {
-        const message = await errorMessage(response);
+        const message = await errorMessage(response, blob);
         if (controller === inflight) {
           showError(message);
         }

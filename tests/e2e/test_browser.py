@@ -424,7 +424,8 @@ def test_api_errors_appear_as_readable_alerts(desktop, server):
         "#upload", files=[{"name": "huge.png", "mimeType": "image/png", "buffer": big}]
     )
     wait_finished(desktop, before)
-    assert "too large" in desktop.get_by_role("alert").inner_text()
+    size_kb = round(len(big) / 1000)
+    assert f"That file ({size_kb} kB) is too large" in desktop.get_by_role("alert").inner_text()
 
     # A good answer afterwards clears the alert.
     draw(desktop, SEVEN)
