@@ -93,7 +93,7 @@ def render_models_page(store: ModelStore, predictor=None) -> str:
             f"<code>{_e(str(store.root))}</code> holds no model yet. Publish one with "
             "<code>convserve models publish</code>.</p></section>"
         )
-    return _PAGE.format(title="convserve: models", count=len(names), sections="\n".join(sections))
+    return _PAGE.format(title="convserve: models", sections="\n".join(sections))
 
 
 _PAGE = """<!doctype html>
