@@ -3,8 +3,9 @@
 
 Environment: BIND (default 0.0.0.0:8000), WORKERS (default: one per CPU core available),
 LOG_LEVEL (gunicorn's own log level too), PROMETHEUS_MULTIPROC_DIR (default: a fresh temporary
-directory, removed at exit). The app reads its own settings (MODEL_STORE, ...) from the same
-environment; see docs/SERVING.md.
+directory, removed at exit; a given one is created if missing and emptied at master start).
+The app reads its own settings (MODEL_STORE, ...) from the same environment; see
+docs/SERVING.md.
 
 Why these choices:
 
@@ -35,12 +36,20 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 # it must be set before any worker imports it. The directory we create is remembered in the
 # environment too, because gunicorn re-reads this file on SIGHUP.
 _OWNED_DIR_VARIABLE = "CONVSERVE_OWNED_METRICS_DIR"
+_CLEANED_BY_VARIABLE = "CONVSERVE_METRICS_CLEANED_BY"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="convserve-metrics-")
     os.environ[_OWNED_DIR_VARIABLE] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-# The preloaded app creates metric files while it is built, before on_starting runs; a given
-# directory may not exist yet (the container's /tmp is an empty tmpfs).
-os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+elif os.environ.get(_CLEANED_BY_VARIABLE) != str(os.getpid()):
+    # A directory given by the operator: drop the files a previous run left, so counters start
+    # at zero and dead workers' gauges do not linger. Here, before the preloaded app writes
+    # its first values, and once per master (not again when SIGHUP re-reads this file).
+    # A given directory may not exist yet (the container's /tmp is an empty tmpfs).
+    _directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    _directory.mkdir(parents=True, exist_ok=True)
+    for _stale in _directory.glob("*.db"):
+        _stale.unlink(missing_ok=True)
+os.environ[_CLEANED_BY_VARIABLE] = str(os.getpid())
 
 
 def _default_workers() -> int:
@@ -63,15 +72,6 @@ control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-
-
-def on_starting(server):
-    """Master start (not on HUP reloads): drop metric files a previous run left behind, so
-    counters start at zero and dead workers' gauges do not linger."""
-    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink(missing_ok=True)
 
 
 def post_worker_init(worker):

@@ -205,7 +205,10 @@ class Predictor:
                 previous.version if previous else "nothing",
             )
             self.hooks.reload_finished(self.name, succeeded=True)
-            self.hooks.served_version_changed(self.name, candidate.version)
+            if self._started_in_pid == os.getpid():
+                # Not before ensure_started: a pre-fork master serves nothing, and a gauge
+                # set there would be reported as a live "worker" for as long as it runs.
+                self.hooks.served_version_changed(self.name, candidate.version)
             return self._outcome(changed=True, target=target)
 
     def _refuse(self, target: int | None, exc: Exception) -> dict:

@@ -282,7 +282,12 @@ def test_ensure_started_runs_once_per_process(app):
     assert not second.is_alive()
 
 
-def test_building_the_app_starts_no_thread(store_root):
+def test_building_the_app_starts_no_thread_and_sets_no_gauge(store_root):
+    """What a preloading gunicorn master does: it must leave no thread to fork half-alive and
+    no served-version gauge that would be reported as a live worker."""
     before = threading.active_count()
-    build_app(store_root, RELOAD_INTERVAL_S=0.05)
-    assert threading.active_count() == before  # safe to build in a pre-fork master
+    app = build_app(store_root, RELOAD_INTERVAL_S=0.05)
+    assert threading.active_count() == before
+    text = app.extensions["convserve"].metrics.render()[0].decode()
+    assert "convserve_served_model_version{" not in text
+    assert 'convserve_model_reloads_total{model="mnist",outcome="success"} 1.0' in text
