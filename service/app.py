@@ -31,13 +31,12 @@ from service.errors import (
     Forbidden,
     NotFound,
     NotReady,
-    PayloadTooLarge,
     ServiceError,
     Unauthorized,
     UnsupportedMediaType,
 )
 from service.metrics import ServiceMetrics
-from service.predictor import Predictor, ServedModel
+from service.predictor import Predictions, Predictor
 from training.errors import BundleInvalid, ConvserveError, DataError, InvalidInput
 from training.store import (
     AliasNotFound,
@@ -278,6 +277,8 @@ def create_app(config: Mapping | None = None) -> Flask:
         settings["MODEL_ALIAS"],
         reload_interval_s=settings["RELOAD_INTERVAL_S"],
         cache_size=settings["MODEL_CACHE_SIZE"],
+        max_batch=settings["MAX_BATCH"],
+        max_image_pixels=settings["MAX_IMAGE_PIXELS"],
         hooks=metrics,
     )
     # The first load happens here, in whichever process builds the app (the gunicorn worker,
@@ -379,29 +380,18 @@ def _register_error_handler(app: Flask) -> None:
 # ------------------------------------------------------------------------------ routes
 
 
-def read_pixels(settings: dict) -> np.ndarray:
-    """The request body -> float32 pixels (N, 28, 28) in 0-255, by Content-Type."""
-    max_batch = settings["MAX_BATCH"]
+def read_payload() -> tuple[str, object]:
+    """The request body as (payload kind, payload) for ``Predictor.pixels_from``, chosen by
+    Content-Type; 415 for any other type."""
     mimetype = request.mimetype
     if mimetype == "application/json" or mimetype.endswith("+json"):
-        return inputs.pixels_from_json_body(request.get_data(cache=False), max_batch)
+        return "json", request.get_data(cache=False)
     if mimetype == "multipart/form-data":
-        files = [upload for _, upload in request.files.items(multi=True)]
-        if not files:
-            raise BadRequest("the multipart body has no image file part")
-        if len(files) > max_batch:
-            raise PayloadTooLarge(f"{len(files)} images in one request; at most {max_batch}")
-        images = [
-            inputs.pixels_from_image(upload.read(), max_pixels=settings["MAX_IMAGE_PIXELS"])
-            for upload in files
-        ]
-        return np.stack(images).astype(np.float32, copy=False)
+        return "images", [upload.read() for _, upload in request.files.items(multi=True)]
     if mimetype in ("application/x-npy", "application/npy"):
-        return inputs.pixels_from_npy(request.get_data(cache=False), max_batch)
+        return "npy", request.get_data(cache=False)
     if mimetype.startswith("image/"):
-        data = request.get_data(cache=False)
-        image = inputs.pixels_from_image(data, max_pixels=settings["MAX_IMAGE_PIXELS"])
-        return image[np.newaxis].astype(np.float32, copy=False)
+        return "image", request.get_data(cache=False)
     shown = mimetype or "none"
     raise UnsupportedMediaType(
         f"Content-Type {shown[:80]!r} is not supported; send application/json "
@@ -410,19 +400,18 @@ def read_pixels(settings: dict) -> np.ndarray:
     )
 
 
-def predictions_document(model: ServedModel, pixels: np.ndarray, *, explain: bool) -> dict:
-    """Probabilities for each image, in order, as the /predict answer."""
-    probabilities = np.ascontiguousarray(model.predict_proba(pixels))
-    top = probabilities.argmax(axis=1)
-    labels = model.labels
+def predictions_document(result: Predictions, pixels: np.ndarray, *, explain: bool) -> dict:
+    """The /predict answer: per image, in order, the label, its probability and all of them."""
+    probabilities = result.probabilities
     predictions = []
-    for row, index in enumerate(top.tolist()):
+    for row, (index, label) in enumerate(zip(result.top, result.labels, strict=True)):
         scores = probabilities[row]
-        prediction = {"label": labels[index], "confidence": scores[index], "probabilities": scores}
+        prediction = {"label": label, "confidence": scores[index], "probabilities": scores}
         if explain:
             prediction["input_png"] = inputs.pixels_to_png_data_url(pixels[row])
             prediction["input_pixels"] = np.ascontiguousarray(pixels[row]).reshape(-1)
         predictions.append(prediction)
+    model = result.model
     return {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
 
 
@@ -460,14 +449,16 @@ def _register_routes(app: Flask, state: ServiceState) -> None:
 
     @app.post("/predict")
     def predict():
-        version, alias = parse_pin(request.args)
-        explain = parse_flag(request.args, "explain")
-        pixels = read_pixels(settings)
-        model = predictor.model_for(version, alias)
-        g.model_version = model.version
-        document = predictions_document(model, pixels, explain=explain)
-        metrics.count_predictions(model.name, [p["label"] for p in document["predictions"]])
-        return json_response(document)
+        version = alias = None
+        explain = False
+        if request.environ.get("QUERY_STRING"):  # most requests have none: skip parsing it
+            version, alias = parse_pin(request.args)
+            explain = parse_flag(request.args, "explain")
+        pixels = predictor.pixels_from(*read_payload())
+        result = predictor.predict(predictor.model_for(version, alias), pixels)
+        g.model_version = result.model.version
+        metrics.count_predictions(result.model.name, result.labels)
+        return json_response(predictions_document(result, pixels, explain=explain))
 
     @app.get("/models")
     def list_models():

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import NotReady
+from service import inputs
+from service.errors import BadRequest, NotReady, PayloadTooLarge
 from training.bundle import Bundle
 from training.errors import BundleInvalid, ConvserveError
 from training.store import LATEST, ModelStore, format_ref
@@ -61,6 +62,22 @@ class ServedModel:
         return self.bundle.predict_proba(pixels)
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """One batch answered: the model that answered, its probabilities (N, K) C-contiguous,
+    and per image the index of the top class and its label."""
+
+    model: ServedModel
+    probabilities: np.ndarray
+    top: list[int]
+    labels: list
+
+
+# The kinds of request payload the predictor turns into pixels (the routes pick the kind from
+# the Content-Type): JSON bytes, .npy bytes, one image file's bytes, several image files.
+PAYLOAD_KINDS = ("json", "npy", "image", "images")
+
+
 class ReloadHooks:
     """What the predictor reports to the outside (the metrics); the default does nothing, so
     the predictor works without prometheus in scripts and tests."""
@@ -78,6 +95,7 @@ class Predictor:
 
     ``alias`` is the store alias to follow (``"latest"`` or empty means the highest version).
     ``reload_interval_s`` is how often the poller checks the store; 0 disables polling.
+    ``max_batch`` and ``max_image_pixels`` bound what ``pixels_from`` accepts.
     """
 
     def __init__(
@@ -88,6 +106,8 @@ class Predictor:
         *,
         reload_interval_s: float = 2.0,
         cache_size: int = 4,
+        max_batch: int = 256,
+        max_image_pixels: int = 25_000_000,
         hooks: ReloadHooks | None = None,
     ):
         self.store = store
@@ -95,6 +115,8 @@ class Predictor:
         self.alias = alias or LATEST
         self.reload_interval_s = float(reload_interval_s)
         self.cache_size = max(0, int(cache_size))
+        self.max_batch = int(max_batch)
+        self.max_image_pixels = int(max_image_pixels)
         self.hooks = hooks or ReloadHooks()
         # The one reference requests read; replaced whole, never mutated.
         self._served: ServedModel | None = None
@@ -257,12 +279,15 @@ class Predictor:
             if served is None:
                 raise NotReady(self.not_ready_message())
             return served
-        version = self.store.resolve(self.name, version=version, alias=alias)
+        if alias is not None:
+            version = self.store.resolve(self.name, alias=alias)
+        # Loaded versions answer without touching the store (the hot path of pinned requests).
         if served is not None and served.version == version:
             return served
         model = self._cached(version)
         if model is not None:
             return model
+        version = self.store.resolve(self.name, version=version)
         # One load at a time: concurrent requests for the same version load it once.
         with self._load_lock:
             model = self._cached(version)
@@ -275,6 +300,41 @@ class Predictor:
         error = self._last_error
         reason = f": {error['message']}" if error else ""
         return f"no verified model loaded yet for {self.name}@{self.alias}{reason}"
+
+    # ------------------------------------------------------------------ preprocessing, prediction
+    def pixels_from(self, kind: str, payload) -> np.ndarray:
+        """A request payload -> float32 pixels (N, 28, 28) in 0-255 (MNIST convention).
+
+        ``kind`` is one of PAYLOAD_KINDS: ``"json"``, ``"npy"`` and ``"image"`` take the body's
+        bytes, ``"images"`` a list of image files' bytes. Raises BadRequest/PayloadTooLarge.
+        """
+        if kind == "json":
+            return inputs.pixels_from_json_body(payload, self.max_batch)
+        if kind == "npy":
+            return inputs.pixels_from_npy(payload, self.max_batch)
+        if kind == "image":
+            image = inputs.pixels_from_image(payload, max_pixels=self.max_image_pixels)
+            return image[np.newaxis].astype(np.float32, copy=False)
+        if kind == "images":
+            if not payload:
+                raise BadRequest("no image file in the request")
+            if len(payload) > self.max_batch:
+                raise PayloadTooLarge(
+                    f"{len(payload)} images in one request; at most {self.max_batch}"
+                )
+            images = [
+                inputs.pixels_from_image(data, max_pixels=self.max_image_pixels) for data in payload
+            ]
+            return np.stack(images).astype(np.float32, copy=False)
+        raise ValueError(f"unknown payload kind {kind!r}; one of {PAYLOAD_KINDS}")
+
+    @staticmethod
+    def predict(model: ServedModel, pixels: np.ndarray) -> Predictions:
+        """Probabilities for pixels (N, 28, 28) from ``model`` (see ``model_for``)."""
+        probabilities = np.ascontiguousarray(model.predict_proba(pixels))
+        top = probabilities.argmax(axis=1).tolist()
+        labels = [model.labels[index] for index in top]
+        return Predictions(model, probabilities, top, labels)
 
     # ------------------------------------------------------------------ per-process start-up
     def ensure_started(self) -> None:

@@ -169,9 +169,9 @@ def infer(name: str, version_text: str | None):
     pixels = pixels_from_inputs(payload.get("inputs"), binary, state.settings["MAX_BATCH"])
     outputs = requested_outputs(payload.get("outputs"), parameters)
 
-    probabilities = np.ascontiguousarray(model.predict_proba(pixels), dtype=np.float32)
-    top = probabilities.argmax(axis=1)
-    labels = [model.labels[index] for index in top.tolist()]
+    result = state.predictor.predict(model, pixels)
+    probabilities = np.ascontiguousarray(result.probabilities, dtype=np.float32)
+    labels = result.labels
     state.metrics.count_predictions(model.name, labels)
 
     tensors = {

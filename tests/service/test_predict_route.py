@@ -306,3 +306,16 @@ def test_not_ready_is_503(tmp_path):
     )
     assert response.status_code == 503
     assert error_of(response)["code"] == "not_ready"
+
+
+def test_pinning_a_loaded_version_does_not_touch_the_store(app, client, monkeypatch):
+    predictor = app.extensions["convserve"].predictor
+    predictor.model_for(version=2)  # now in the LRU
+
+    def no_store(*args, **kwargs):
+        raise AssertionError("the store was read for a loaded version")
+
+    monkeypatch.setattr(predictor.store, "resolve", no_store)
+    for version in (1, 2):
+        response = post_json(client, {"image": digit_pixels().tolist()}, f"?version={version}")
+        assert response.get_json()["model"]["version"] == version
