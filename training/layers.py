@@ -23,6 +23,7 @@ whatever the strides; only ``.flags`` tell the difference.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -136,13 +137,15 @@ class _Workspace(threading.local):
         return (_Workspace, ())
 
     def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        """An uninitialised C-contiguous array, the same one as last time when shape and dtype
-        match."""
-        arrays = self.__dict__.setdefault("arrays", {})
-        found = arrays.get(name)
-        if found is None or found.shape != shape or found.dtype != dtype:
-            found = arrays[name] = np.empty(shape, dtype)
-        return found
+        """An uninitialised C-contiguous array: the front of a buffer kept under ``name``,
+        which only grows, so alternating sizes (a batch's last, smaller chunk; training and
+        validation batches) reuse it too."""
+        buffers = self.__dict__.setdefault("buffers", {})
+        size = math.prod(shape)
+        buffer = buffers.get(name)
+        if buffer is None or buffer.size < size or buffer.dtype != dtype:
+            buffer = buffers[name] = np.empty(size, dtype)
+        return buffer[:size].reshape(shape)
 
 
 def _running_max(
