@@ -276,50 +276,49 @@ class Conv2D(Layer):
         out = self._workspace.array(purpose + ".padded", shape, x.dtype)
         return _chwn_storage(x, p, out=out)
 
-    def _fold(self, dpatches: np.ndarray, padded_shape, rows: int, cols: int, pool: int):
-        """Adjoint of ``_unfold``: add each patch gradient back onto the input positions it
-        read. Returns the gradient of the padded CHWN input."""
-        channels, _, _, n = padded_shape
+    def _fold(self, dpatches: np.ndarray, dx_padded: np.ndarray, rows: int, cols: int, pool):
+        """Adjoint of ``_unfold``: add each patch gradient back onto the input position it read,
+        into ``dx_padded`` (padded CHWN, any strides: it may be one chunk of a batch)."""
+        channels, _, _, n = dx_padded.shape
         _, _, kh, kw = self.W.shape
         s = self.stride
         step = s * pool
         d = dpatches.reshape(channels, kh, kw, pool, pool, rows, cols, n)
-        dx = np.zeros(padded_shape, dtype=dpatches.dtype)
         for i in range(kh):
             for j in range(kw):
                 for qi in range(pool):
                     for qj in range(pool):
                         top, left = i + s * qi, j + s * qj
-                        dx[
+                        dx_padded[
                             :,
                             top : top + step * (rows - 1) + 1 : step,
                             left : left + step * (cols - 1) + 1 : step,
                         ] += d[:, i, j, qi, qj]
-        return dx
 
     def _filter_responses(self, patches: np.ndarray, out: np.ndarray | None = None):
         """W (filters, C*kh*kw) @ patches -> (filters, patch columns), without the bias."""
         return np.matmul(self.W.reshape(self.W.shape[0], -1), patches, out=out)
 
-    def _backward_from_responses(
-        self, dresponses: np.ndarray, cache, db: np.ndarray | None = None
-    ) -> np.ndarray | None:
-        """Gradients from dL/d(filter responses) (filters, patch columns), ordered as the
-        cached patch matrix. Leaves dW and db (``db`` when the caller has it already); returns
-        dx (NCHW view) or None."""
-        patches, padded_shape, rows, cols, pool = cache
+    def _weight_gradient(self, dresponses: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        """dL/dW from dL/d(responses) (filters, patch columns) and the patches they came from."""
+        return (dresponses @ patches.T).reshape(self.W.shape)
+
+    def _add_input_gradient(self, dresponses, dx_padded, rows: int, cols: int, pool: int):
+        """Add dL/d(input) for dL/d(responses) (filters, patch columns, ordered as ``_unfold``
+        with these rows, cols, pool) to ``dx_padded`` (padded CHWN, any strides)."""
         filters = self.W.shape[0]
-        self.db = dresponses.sum(axis=1) if db is None else db
-        self.dW = (dresponses @ patches.T).reshape(self.W.shape)
-        if not self.needs_input_grad:
-            return None
-        dpatches = self._workspace.array("train.dpatches", patches.shape, patches.dtype)
+        dpatches = self._workspace.array(
+            "train.dpatches", (self.W[0].size, dresponses.shape[1]), dresponses.dtype
+        )
         np.matmul(self.W.reshape(filters, -1).T, dresponses, out=dpatches)
-        dx = self._fold(dpatches, padded_shape, rows, cols, pool)
+        self._fold(dpatches, dx_padded, rows, cols, pool)
+
+    def _unpadded(self, dx_padded: np.ndarray) -> np.ndarray:
+        """Padded CHWN gradient -> the NCHW view of its interior."""
         p = self.pad
         if p:
-            dx = dx[:, p:-p, p:-p]
-        return dx.transpose(3, 0, 1, 2)
+            dx_padded = dx_padded[:, p:-p, p:-p]
+        return dx_padded.transpose(3, 0, 1, 2)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         x = self._checked_input(x)
@@ -329,14 +328,21 @@ class Conv2D(Layer):
         patches = self._unfold(padded, oh, ow, 1, purpose)
         out = self._filter_responses(patches)
         out += self.b[:, None]
-        self._cache = (patches, padded.shape, oh, ow, 1) if train else None
+        self._cache = (patches, padded.shape, oh, ow) if train else None
         return _nchw_view(out, (filters, oh, ow, x.shape[0]))
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         if self._cache is None:
             raise RuntimeError("Conv2D.backward called without a training forward")
+        patches, padded_shape, oh, ow = self._cache
         dresponses = _chwn_storage(dout).reshape(self.W.shape[0], -1)
-        return self._backward_from_responses(dresponses, self._cache)
+        self.db = dresponses.sum(axis=1)
+        self.dW = self._weight_gradient(dresponses, patches)
+        if not self.needs_input_grad:
+            return None
+        dx = np.zeros(padded_shape, dtype=patches.dtype)
+        self._add_input_gradient(dresponses, dx, oh, ow, 1)
+        return self._unpadded(dx)
 
 
 class MaxPool2D(Layer):
@@ -412,14 +418,18 @@ class ConvPool:
       operations. Backward routes each window's gradient to its first maximum of the bias-free
       responses; that is where the layers in sequence route it too, except when adding the
       bias rounds two different responses to the same float (then this picks the true larger).
-    - Inference runs ``inference_chunk`` images at a time: a chunk's responses stay in cache
-      between the product and the pooling, and the workspace stays small (about 2 MB float32
-      per thread for 28x28 inputs and 30 filters).
+    - The batch goes through in chunks of images (``inference_chunk``, ``training_chunk``): at
+      inference a chunk's filter responses stay in cache from the matrix product to the
+      pooling, and the workspace stays small (about 4 MB float32 per thread for 28x28 inputs
+      and 30 filters). Training gained nothing from chunks below 50 images (measured at
+      batch 100: the per-chunk products of backward lose more than the cache gains), so
+      its chunk only bounds the memory of very large batches.
 
     Parameters and gradients stay in the conv layer (``conv.dW``, ``conv.db``).
     """
 
-    inference_chunk = 32  # images; 32 was fastest at batch 100 and 1000 on a 1 MB-L2 core
+    inference_chunk = 32  # images; the fastest of 16..256 at batch 100 and 1000
+    training_chunk = 128
 
     def __init__(self, conv: Conv2D, relu: ReLU | None, pool: MaxPool2D):
         if not ConvPool.fits(pool):
@@ -432,29 +442,30 @@ class ConvPool:
         """Whether the pooling windows tile the conv output without overlap or padding."""
         return pool.stride == pool.size and pool.pad == 0
 
-    def _pooled_responses(self, x: np.ndarray, out: np.ndarray, rows: int, cols: int, train):
-        """Max over each pooling window of the bias-free filter responses of x (N, C, H, W),
-        written to ``out`` (filters, rows*cols, N). Returns (masks, conv cache) for backward."""
+    def _pooled_responses(self, x, out, rows: int, cols: int, purpose: str, train: bool):
+        """Max over each pooling window of the bias-free filter responses of x (n, C, H, W),
+        written to ``out`` (filters, rows*cols, n). Returns (masks, patches) for backward;
+        ``purpose`` names the workspace arrays (a chunk's own in training)."""
         conv, k = self.conv, self.pool.size
-        purpose = "train" if train else "infer"
         workspace = conv._workspace
         filters, n = conv.W.shape[0], x.shape[0]
         padded = conv._padded_input(x, purpose)
         patches = conv._unfold(padded, rows, cols, k, purpose)
-        responses = workspace.array(
-            purpose + ".responses", (filters, patches.shape[1]), patches.dtype
-        )
+        # Scratch shared by all chunks: only needed until the pooling below.
+        responses = workspace.array("responses", (filters, patches.shape[1]), patches.dtype)
         conv._filter_responses(patches, out=responses)
         blocks = responses.reshape(filters, k * k, rows * cols, n)
         if not train:
             # One reduction call instead of k*k - 1: what matters at batch 1 is the call count.
             np.max(blocks, axis=1, out=out)
             return [], None
-        mask_out = [workspace.array(f"train.mask{q}", out.shape, np.bool_) for q in range(1, k * k)]
+        mask_out = [
+            workspace.array(f"{purpose}.mask{q}", out.shape, np.bool_) for q in range(1, k * k)
+        ]
         masks = _running_max(
             [blocks[:, q] for q in range(k * k)], True, out=out, mask_out=mask_out
         )[1]
-        return masks, (patches, padded.shape, rows, cols, k)
+        return masks, patches
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         conv = self.conv
@@ -463,12 +474,14 @@ class ConvPool:
         filters, oh, ow = conv.output_shape(x.shape[1:])
         _, rows, cols = self.pool.output_shape((filters, oh, ow))
         out = np.empty((filters, rows * cols, n), x.dtype)
-        if train:
-            masks, conv_cache = self._pooled_responses(x, out, rows, cols, train=True)
-        else:
-            for start in range(0, n, self.inference_chunk):
-                part = slice(start, start + self.inference_chunk)
-                self._pooled_responses(x[part], out[:, :, part], rows, cols, train=False)
+        size = self.training_chunk if train else self.inference_chunk
+        chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
+        saved = [
+            self._pooled_responses(
+                x[part], out[:, :, part], rows, cols, f"train{i}" if train else "infer", train
+            )
+            for i, part in enumerate(chunks)
+        ]
         out += conv.b[:, None, None]
         relu_mask = None
         if self.relu is not None:
@@ -477,32 +490,44 @@ class ConvPool:
                     out, 0, out=conv._workspace.array("train.relu_mask", out.shape, np.bool_)
                 )
             np.maximum(out, 0, out=out)
-        self._cache = (masks, relu_mask, conv_cache) if train else None
+        if train:
+            p = conv.pad
+            padded_shape = (x.shape[1], x.shape[2] + 2 * p, x.shape[3] + 2 * p, n)
+            self._cache = (chunks, saved, relu_mask, padded_shape, rows, cols)
+        else:
+            self._cache = None
         return _nchw_view(out, (filters, rows, cols, n))
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         if self._cache is None:
             raise RuntimeError("ConvPool.backward called without a training forward")
-        masks, relu_mask, conv_cache = self._cache
-        workspace = self.conv._workspace
-        filters, k = self.conv.W.shape[0], self.pool.size
-        grad = _chwn_storage(dout).reshape(filters, -1)
+        chunks, saved, relu_mask, padded_shape, rows, cols = self._cache
+        conv, k = self.conv, self.pool.size
+        workspace = conv._workspace
+        filters = conv.W.shape[0]
+        grad = _chwn_storage(dout).reshape(filters, rows * cols, -1)
         if relu_mask is not None:
             grad = np.multiply(
-                grad,
-                relu_mask.reshape(filters, -1),
-                out=workspace.array("train.grad", grad.shape, grad.dtype),
+                grad, relu_mask, out=workspace.array("train.grad", grad.shape, grad.dtype)
             )
-        dresponses = workspace.array(
-            "train.dresponses", (filters, k * k, grad.shape[1]), grad.dtype
-        )
-        flat_masks = [mask.reshape(filters, -1) for mask in masks]
-        _route_to_first_max(grad, flat_masks, [dresponses[:, q] for q in range(k * k)])
         # db: every pooled gradient lands on exactly one response, so summing the pooled
         # gradients (k*k times fewer) gives the sum over all responses.
-        return self.conv._backward_from_responses(
-            dresponses.reshape(filters, -1), conv_cache, db=grad.sum(axis=1)
-        )
+        db = grad.reshape(filters, -1).sum(axis=1)
+        dW = None
+        dx = np.zeros(padded_shape, dtype=grad.dtype) if conv.needs_input_grad else None
+        for part, (masks, patches) in zip(chunks, saved, strict=True):
+            chunk_grad = grad[:, :, part]
+            dresponses = workspace.array(
+                "train.dresponses", (filters, k * k, *chunk_grad.shape[1:]), grad.dtype
+            )
+            _route_to_first_max(chunk_grad, masks, [dresponses[:, q] for q in range(k * k)])
+            dresponses = dresponses.reshape(filters, -1)
+            chunk_dW = conv._weight_gradient(dresponses, patches)
+            dW = chunk_dW if dW is None else np.add(dW, chunk_dW, out=dW)
+            if dx is not None:
+                conv._add_input_gradient(dresponses, dx[..., part], rows, cols, k)
+        conv.dW, conv.db = dW, db
+        return None if dx is None else conv._unpadded(dx)
 
 
 class ReLU(Layer):

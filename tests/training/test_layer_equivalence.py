@@ -93,7 +93,7 @@ def make_conv(rng, filters, channels, kernel, stride, pad, dtype):
     return Conv2D(W.astype(dtype), b.astype(dtype), stride=stride, pad=pad)
 
 
-def check_convpool_matches_layers(x, conv, with_relu, pool, rng, needs_input_grad=True):
+def check_convpool_matches_layers(x, conv, with_relu, pool, rng, needs_input_grad=True, chunk=None):
     dtype = conv.W.dtype.type
     layers = [conv, ReLU(), pool] if with_relu else [conv, pool]
     expected_out = conv.forward(x)
@@ -103,6 +103,8 @@ def check_convpool_matches_layers(x, conv, with_relu, pool, rng, needs_input_gra
     out, dx, grads = plain_forward_backward(layers, x, dout, needs_input_grad)
 
     fused = ConvPool(conv, layers[1] if with_relu else None, pool)
+    if chunk is not None:  # several chunks in training and inference
+        fused.training_chunk = fused.inference_chunk = chunk
     conv.dW = conv.db = None
     fused_out = fused.forward(x, train=True)
     fused_dx = fused.backward(dout)
@@ -122,6 +124,7 @@ def check_convpool_matches_layers(x, conv, with_relu, pool, rng, needs_input_gra
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("with_relu", [True, False])
 @pytest.mark.parametrize("images", [digit_like, generic])
+@pytest.mark.parametrize("chunk", [None, 2])  # 2: several chunks, a short last one
 @pytest.mark.parametrize(
     "shape,filters,kernel,stride,pad,pool_size",
     [
@@ -133,7 +136,7 @@ def check_convpool_matches_layers(x, conv, with_relu, pool, rng, needs_input_gra
     ],
 )
 def test_convpool_matches_the_layers_in_sequence(
-    dtype, with_relu, images, shape, filters, kernel, stride, pad, pool_size
+    dtype, with_relu, images, chunk, shape, filters, kernel, stride, pad, pool_size
 ):
     rng = np.random.default_rng(sum(shape) + filters + kernel)
     x = images(rng, *shape, dtype)
@@ -141,7 +144,7 @@ def test_convpool_matches_the_layers_in_sequence(
     if images is generic:
         conv.W = rng.standard_normal(conv.W.shape).astype(dtype)
         conv.b = rng.standard_normal(conv.b.shape).astype(dtype)
-    check_convpool_matches_layers(x, conv, with_relu, MaxPool2D(pool_size), rng)
+    check_convpool_matches_layers(x, conv, with_relu, MaxPool2D(pool_size), rng, chunk=chunk)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -190,10 +193,11 @@ def test_convpool_ties_send_gradient_to_the_first_maximum():
     pad=st.integers(0, 2),
     pool_size=st.integers(1, 3),
     with_relu=st.booleans(),
+    chunk=st.integers(1, 3),
     seed=st.integers(0, 2**16),
 )
 def test_convpool_matches_the_layers_for_any_geometry(
-    n, channels, height, width, filters, kernel, stride, pad, pool_size, with_relu, seed
+    n, channels, height, width, filters, kernel, stride, pad, pool_size, with_relu, chunk, seed
 ):
     conv_out = [(size + 2 * pad - kernel) // stride + 1 for size in (height, width)]
     if min(conv_out) < pool_size:
@@ -201,7 +205,7 @@ def test_convpool_matches_the_layers_for_any_geometry(
     rng = np.random.default_rng(seed)
     x = digit_like(rng, n, channels, height, width, np.float64)
     conv = make_conv(rng, filters, channels, kernel, stride, pad, np.float64)
-    check_convpool_matches_layers(x, conv, with_relu, MaxPool2D(pool_size), rng)
+    check_convpool_matches_layers(x, conv, with_relu, MaxPool2D(pool_size), rng, chunk=chunk)
 
 
 def test_convpool_refuses_pools_it_cannot_tile():
