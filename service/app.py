@@ -509,12 +509,15 @@ def _register_routes(app: Flask, state: ServiceState) -> None:
         version = store.resolve(name, version=int(version_text))
         manifest = store.manifest(name, version)
         served = predictor.served if name == predictor.name else None
+        error = predictor.last_error if name == predictor.name else None
         return json_response(
             {
                 "name": name,
                 "version": version,
                 "aliases": sorted(a for a, v in store.aliases(name).items() if v == version),
                 "served": served is not None and served.version == version,
+                # Set when this version was the one last refused as a reload.
+                "reload_error": error if error and error.get("version") == version else None,
                 "manifest": manifest,
             }
         )

@@ -106,6 +106,8 @@ def test_a_corrupt_new_version_is_refused_and_the_old_keeps_serving(app, client,
     assert serving["last_reload_error"]["version"] == 2
     assert "sha256" in serving["last_reload_error"]["message"]
     assert client.get("/models/mnist").get_json()["serving"]["last_reload_error"]["version"] == 2
+    assert "sha256" in client.get("/models/mnist/versions/2").get_json()["reload_error"]["message"]
+    assert client.get("/models/mnist/versions/1").get_json()["reload_error"] is None
     assert metric(client, "convserve_model_reloads_total", outcome="failure") == 1
     assert metric(client, "convserve_served_model_version", model="mnist") == 1
 
