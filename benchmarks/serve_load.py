@@ -88,8 +88,8 @@ class Server:
             try:
                 if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or still loading
             time.sleep(0.2)
         raise RuntimeError("server not ready in time")
 
