@@ -41,7 +41,14 @@ def blas_info() -> list[dict]:
         config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         return [{"user_api": "blas", "name": config.get("name"), "version": config.get("version")}]
     keep = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture")
-    return [{k: pool[k] for k in keep if k in pool} for pool in threadpool_info()]
+    pools = []
+    for pool in threadpool_info():
+        info = {k: pool[k] for k in keep if k in pool}
+        # Which package shipped it: numpy.libs, scipy.libs, torch/lib, ...
+        parent = Path(pool["filepath"]).parent
+        info["package"] = parent.parent.name if parent.name == "lib" else parent.name
+        pools.append(info)
+    return pools
 
 
 def environment() -> dict:

@@ -243,14 +243,15 @@ def row(name: str, times: dict[str, list[float]], images: int) -> dict:
 
 
 def describe_blas(environment_info: dict) -> str:
+    """One line per thread pool: which library, its kernels and threads."""
     parts = []
     for pool in environment_info["blas"]:
-        text = f"{pool.get('internal_api', pool.get('name'))} {pool.get('version') or ''}".strip()
+        text = f"{pool.get('prefix', pool.get('name', '?'))} {pool.get('version') or ''}".strip()
         if pool.get("architecture"):
             text += f", {pool['architecture']} kernels"
         if "num_threads" in pool:
             text += f", {pool['num_threads']} threads"
-        parts.append(f"{pool.get('user_api')}: {text}")
+        parts.append(f"{pool.get('package', pool.get('user_api'))}: {text}")
     return "; ".join(parts)
 
 
