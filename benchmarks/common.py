@@ -53,6 +53,10 @@ def blas_info() -> list[dict]:
 
 def environment() -> dict:
     """Versions, CPU, thread counts, BLAS kernel settings and the load average now."""
+    try:
+        import torch  # first, so its thread pools are loaded when they are listed
+    except ImportError:
+        torch = None
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "python": platform.python_version(),
@@ -65,12 +69,8 @@ def environment() -> dict:
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
     }
-    try:
-        import torch
-    except ImportError:
-        info["torch"] = None
-    else:
-        info["torch"] = torch.__version__
+    info["torch"] = torch.__version__ if torch else None
+    if torch:
         info["torch_threads"] = torch.get_num_threads()
     return info
 
