@@ -573,7 +573,7 @@ class Flatten(Layer):
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         if train:
             self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         return dout.reshape(self._shape)
@@ -609,7 +609,7 @@ class Affine(Layer):
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         x = np.asarray(x, dtype=self.W.dtype)
         shape = x.shape
-        x2 = x.reshape(shape[0], -1)
+        x2 = x.reshape(shape[0], math.prod(shape[1:]))  # -1 fails on an empty batch
         if x2.shape[1] != self.W.shape[0]:
             raise ValueError(f"Affine expects {self.W.shape[0]} inputs, got {x2.shape[1]}")
         out = x2 @ self.W

@@ -447,3 +447,9 @@ def test_networks_copy_and_pickle_with_fresh_workspaces():
         clone.loss(x, np.array([1, 2, 3]))
         clone.backward()
     np.testing.assert_array_equal(net.predict_proba(x), expected)
+
+
+@pytest.mark.parametrize("spec_name", ["simpleconvnet", "tinyconv", "deepconvnet", "mlp"])
+def test_an_empty_batch_gives_no_rows(spec_name):
+    net = Network(preset(spec_name))
+    assert net.predict_proba(np.zeros((0, 1, 28, 28), np.float32)).shape == (0, 10)
