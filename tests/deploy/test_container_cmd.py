@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slow
 
 FINAL = parse_dockerfile()[-1]
 GRACEFUL_TIMEOUT = float(option_value(FINAL.cmd, "--graceful-timeout"))
+MODEL_NAME, MODEL_ALIAS = FINAL.env["MODEL_NAME"], FINAL.env["MODEL_ALIAS"]
 READY_DEADLINE_S = 90.0
 VENV_BIN = Path(sys.executable).parent
 
@@ -44,9 +45,9 @@ VENV_BIN = Path(sys.executable).parent
 def embedded_model_version() -> int | None:
     """The version the repository's store serves by default, or None if it ships none yet."""
     store = ModelStore(REPO / "model_store")
-    if "mnist" not in store.models() or not store.versions("mnist"):
+    if MODEL_NAME not in store.models() or not store.versions(MODEL_NAME):
         return None
-    return store.aliases("mnist").get(FINAL.env["MODEL_ALIAS"])
+    return store.aliases(MODEL_NAME).get(MODEL_ALIAS)
 
 
 def free_port() -> int:
@@ -74,7 +75,7 @@ def copy_store(destination: Path) -> Path:
     if embedded_model_version() is None:
         bundle = make_bundle(destination.parent / "tiny.npz", test_accuracy=0.5)
         store = ModelStore(destination)
-        store.publish(bundle, FINAL.env["MODEL_NAME"], alias=FINAL.env["MODEL_ALIAS"])
+        store.publish(bundle, MODEL_NAME, alias=MODEL_ALIAS)
     return destination
 
 
@@ -209,8 +210,8 @@ def test_cmd_serves_predictions(container, mnist_images):
     images, _ = mnist_images
     status, body = post_json(container.url + "/predict", {"images": images[:4].tolist()})
     assert status == 200, body
-    assert body["model"]["name"] == FINAL.env["MODEL_NAME"]
-    expected_version = ModelStore(container.store).aliases("mnist")[FINAL.env["MODEL_ALIAS"]]
+    assert body["model"]["name"] == MODEL_NAME
+    expected_version = ModelStore(container.store).aliases(MODEL_NAME)[MODEL_ALIAS]
     assert body["model"]["version"] == expected_version
     assert len(body["predictions"]) == 4
     for prediction in body["predictions"]:
