@@ -36,3 +36,65 @@ def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     windows = sliding_window_view(padded, (height, width), axis=(1, 2))
     offsets = rng.integers(0, 2 * k + 1, size=(2, n))
     return windows[np.arange(n), offsets[0], offsets[1]]
+
+
+def random_affine(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    max_shift: int = 0,
+    max_rotation: float = 0.0,
+    max_scale: float = 0.0,
+) -> np.ndarray:
+    """Rotate, scale and translate each image by its own random amounts (see ``affine_batch``).
+
+    images: (N, H, W) pixels 0-255. Angles are uniform in [-max_rotation, max_rotation] degrees,
+    scale factors uniform in [1 - max_scale, 1 + max_scale], shifts integers uniform in
+    [-max_shift, max_shift] pixels. Returns float32 (N, H, W) pixels 0-255.
+    """
+    if not 0 <= max_rotation <= 180:
+        raise ValueError(f"max_rotation must be in [0, 180] degrees, got {max_rotation!r}")
+    if not 0 <= max_scale < 1:
+        raise ValueError(f"max_scale must be in [0, 1), got {max_scale!r}")
+    if int(max_shift) != max_shift or max_shift < 0:
+        raise ValueError(f"max_shift must be a non-negative integer, got {max_shift!r}")
+    n = len(images)
+    degrees = rng.uniform(-max_rotation, max_rotation, n)
+    scales = rng.uniform(1 - max_scale, 1 + max_scale, n)
+    shifts = rng.integers(-int(max_shift), int(max_shift) + 1, size=(n, 2))
+    return affine_batch(images, degrees, scales, shifts)
+
+
+def affine_batch(
+    images: np.ndarray, degrees: np.ndarray, scales: np.ndarray, shifts: np.ndarray
+) -> np.ndarray:
+    """Rotate image i by degrees[i] (clockwise as displayed, rows pointing down), scale
+    it by scales[i] about its centre, then move it shifts[i] = (down, right) pixels.
+
+    images: (N, H, W); degrees, scales: (N,); shifts: (N, 2). Bilinear interpolation, zero fill
+    (background). Returns float32 (N, H, W): interpolation makes fractional intensities, and
+    rounding them back to uint8 would only add noise. One ``scipy.ndimage.map_coordinates``
+    call for the whole batch: no per-image Python loop.
+    """
+    from scipy.ndimage import map_coordinates
+
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
+    n, height, width = images.shape
+    angle = np.deg2rad(np.asarray(degrees, dtype=np.float64))[:, None, None]
+    scale = np.asarray(scales, dtype=np.float64)[:, None, None]
+    shifts = np.asarray(shifts, dtype=np.float64).reshape(n, 2)
+    # For every output pixel, where to read in the input (the inverse map):
+    # source = R(-angle) (out - centre - shift) / scale + centre.
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    dy = rows[None] - cy - shifts[:, 0, None, None]
+    dx = cols[None] - cx - shifts[:, 1, None, None]
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    source_rows = cos * dy - sin * dx + cy
+    source_cols = sin * dy + cos * dx + cx
+    index = np.broadcast_to(np.arange(n, dtype=np.float64)[:, None, None], source_rows.shape)
+    coordinates = np.stack([index, source_rows, source_cols])
+    return map_coordinates(
+        images.astype(np.float32), coordinates, order=1, mode="constant", cval=0.0
+    )

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def test_train_writes_a_complete_bundle(trained):
     assert training["seed"] == 3
     assert training["train_images"] == 400 and training["val_size"] == 100
     assert training["seconds"] >= 0
-    assert training["optimizer"] == "adam" and training["augmentation"] == {"shift": 2}
+    assert training["optimizer"] == "adam" and training["augmentation"]["shift"] == 2
     assert set(metadata["data_fingerprint"]) == {
         "train-images-idx3-ubyte.gz",
         "train-labels-idx1-ubyte.gz",
@@ -236,3 +237,12 @@ def test_evaluate_bad_bundle(tmp_path, tiny_mnist_dir, capsys):
     bad.write_bytes(b"not a zip")
     assert main(["evaluate", str(bad), "--data-dir", str(tiny_mnist_dir)]) == 2
     assert "convserve: error:" in capsys.readouterr().err
+
+
+def test_no_png_without_matplotlib(tmp_path, monkeypatch):
+    from training.train_cli import plot_curves
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    history = [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}]
+    assert plot_curves(history, tmp_path / "c.png") is False
+    assert not (tmp_path / "c.png").exists()
