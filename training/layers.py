@@ -269,9 +269,13 @@ class Conv2D(Layer):
         return patches
 
     def _padded_input(self, x: np.ndarray, purpose: str) -> np.ndarray:
-        """x (N, C, H, W) -> zero-padded CHWN copy in the workspace."""
+        """x (N, C, H, W) -> zero-padded C-contiguous CHWN array: x's own storage when that
+        already is one (a single image, or the output of a layer before), else a copy in the
+        workspace."""
         n, c, h, w = x.shape
         p = self.pad
+        if not p and x.transpose(1, 2, 3, 0).flags.c_contiguous:
+            return x.transpose(1, 2, 3, 0)
         shape = (c, h + 2 * p, w + 2 * p, n)
         out = self._workspace.array(purpose + ".padded", shape, x.dtype)
         return _chwn_storage(x, p, out=out)
@@ -457,7 +461,7 @@ class ConvPool:
         blocks = responses.reshape(filters, k * k, rows * cols, n)
         if not train:
             # One reduction call instead of k*k - 1: what matters at batch 1 is the call count.
-            np.max(blocks, axis=1, out=out)
+            np.maximum.reduce(blocks, axis=1, out=out)
             return [], None
         mask_out = [
             workspace.array(f"{purpose}.mask{q}", out.shape, np.bool_) for q in range(1, k * k)
