@@ -93,6 +93,9 @@ def _describe_json_error(body: bytes | str, exc: Exception) -> str:
 def _pixels_from_payload(payload: object, max_batch: int, *, numbers_only: bool) -> np.ndarray:
     images, single = _unpack_payload(payload, max_batch)
     if numbers_only:
+        pixels = _try_byte_conversion(images)
+        if pixels is not None:
+            return pixels
         batch = _try_fast_conversion(images)
         if batch is not None:
             _check_value_range(batch, "image" if single else "images")
@@ -139,6 +142,36 @@ def _quote(key: object) -> str:
     if isinstance(key, str):
         return f'"{key[:40]}..."' if len(key) > 40 else f'"{key}"'
     return f"<{type(key).__name__}>"  # repr() of a 5000-digit int raises; keep it simple
+
+
+def _try_byte_conversion(images: list) -> np.ndarray | None:
+    """Images of plain integers 0-255 (what clients send) -> float32 (N, 28, 28), else None.
+
+    ``bytes(list)`` converts and range-checks a list of small integers in C, several times
+    faster than NumPy's nested-list conversion (8 against 20 us for one image). Anything else
+    (floats, values outside 0-255, other shapes) answers None and takes the general path, so
+    results and error messages are the same either way. The caller has ruled out booleans,
+    which ``bytes`` would take as 0 and 1.
+    """
+    rows = []
+    for image in images:
+        if type(image) is not list:
+            return None
+        if len(image) == IMAGE_VALUES:
+            rows.append(image)
+        elif len(image) == IMAGE_SIDE:
+            for row in image:
+                if type(row) is not list or len(row) != IMAGE_SIDE:
+                    return None
+            rows.extend(image)
+        else:
+            return None
+    try:
+        data = b"".join(map(bytes, rows))  # every row is a list: bytes(n) is never called
+    except (TypeError, ValueError, OverflowError):
+        return None
+    pixels = np.frombuffer(data, dtype=np.uint8).astype(np.float32)
+    return pixels.reshape(len(images), IMAGE_SIDE, IMAGE_SIDE)
 
 
 def _try_fast_conversion(images: list) -> np.ndarray | None:
