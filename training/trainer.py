@@ -57,7 +57,7 @@ class TrainConfig:
     batch_size: int = 100
     optimizer: str = "adam"
     lr: float = 3e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.01
     schedule: str = "onecycle"
     shift: int = 2
     rotation: float = 0.0
