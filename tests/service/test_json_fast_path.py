@@ -1,0 +1,79 @@
+"""The integer fast path of JSON pixels (service/inputs.py ``_try_byte_conversion``) must give
+exactly what the general path gives: the same pixels, or the same error."""
+
+import contextlib
+import json
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service import inputs
+from service.errors import BadRequest, PayloadTooLarge
+
+INTEGER_IMAGE = [[(row * 28 + column) % 256 for column in range(28)] for row in range(28)]
+FLAT_IMAGE = [value for row in INTEGER_IMAGE for value in row]
+
+
+def outcome(body: bytes, *, fast: bool):
+    """(pixels bytes, dtype, shape) or (error class, message) for one body."""
+    general = mock.patch.object(inputs, "_try_byte_conversion", lambda images: None)
+    with contextlib.nullcontext() if fast else general:
+        try:
+            pixels = inputs.pixels_from_json_body(body, 4)
+        except (BadRequest, PayloadTooLarge) as exc:
+            return type(exc), str(exc)
+    assert pixels.flags.c_contiguous and pixels.flags.writeable
+    return pixels.tobytes(), pixels.dtype, pixels.shape
+
+
+def assert_same_either_way(payload) -> None:
+    body = json.dumps(payload).encode()
+    assert outcome(body, fast=True) == outcome(body, fast=False)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"image": INTEGER_IMAGE},
+        {"image": FLAT_IMAGE},
+        {"images": [INTEGER_IMAGE, FLAT_IMAGE, INTEGER_IMAGE]},
+        {"image": [[0.5] * 28] * 28},  # floats: the general path
+        {"image": [[255] * 27 + [256]] * 28},
+        {"image": [[-1] * 28] * 28},
+        {"image": [[10**30] * 28] * 28},
+        {"image": [[[1]] + [0] * 27] * 28},  # a list where a number goes
+        {"image": [[0] * 27] * 28},
+        {"image": [[0] * 29] + [[0] * 27] + [[0] * 28] * 26},  # 784 values, ragged rows
+        {"image": [0] * 28},
+        {"image": [{}] + [0] * 783},
+        {"images": [FLAT_IMAGE, 5]},
+        {"images": [FLAT_IMAGE] * 5},  # over the batch limit of 4
+    ],
+)
+def test_fast_path_matches_the_general_path(payload):
+    assert_same_either_way(payload)
+
+
+def test_integer_images_take_the_fast_path():
+    pixels = inputs._try_byte_conversion([INTEGER_IMAGE, FLAT_IMAGE])
+    assert pixels.dtype == np.float32 and pixels.shape == (2, 28, 28)
+    np.testing.assert_array_equal(pixels[0], np.array(INTEGER_IMAGE, dtype=np.float32))
+    np.testing.assert_array_equal(pixels[1], pixels[0])
+
+
+values = st.one_of(
+    st.integers(-2, 300), st.floats(-1, 300, allow_nan=False), st.just([]), st.just({})
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(row=st.integers(0, 27), column=st.integers(0, 27), value=values, flat=st.booleans())
+def test_one_odd_value_is_handled_alike(row, column, value, flat):
+    image = [list(r) for r in INTEGER_IMAGE]
+    image[row][column] = value
+    if flat:
+        image = [v for r in image for v in r]
+    assert_same_either_way({"images": [FLAT_IMAGE, image]})
