@@ -7,8 +7,20 @@ matters is the ratio predict/healthz at each concurrency (issue 4: >= 0.75 at c=
 /predict at c=16 (<= 10 ms) and the growth of each worker's RSS between the first 1k and 100k
 requests (<= 5 MB).
 
-    .venv/bin/python benchmarks/serve_load.py                # full run, ~3 minutes
+    .venv/bin/python benchmarks/serve_load.py                # full run, ~3-4 minutes
     .venv/bin/python benchmarks/serve_load.py --duration 3 --reps 1 --json
+    .venv/bin/python benchmarks/serve_load.py --untrained    # store without mnist yet
+
+It serves a copy of --store (default model_store), so the benchmark never touches the real
+one. While the store has no `mnist` yet, --untrained serves an untrained SimpleConvNet bundle
+published into the temporary copy instead: the same architecture, so the same forward cost.
+
+Besides requests/s and latency, each run records the workers' CPU time per request (utime +
+stime from /proc, both workers): less sensitive than requests/s to what else the machine runs,
+and the direct measure of what /predict costs beyond /healthz. The ratio column is the ratio of
+the medians; the JSON also has the median of the per-repetition ratios (each repetition runs
+/healthz and /predict back to back). The load average is printed before and after: on 2 shared
+cores, figures taken above ~1.5 from other processes are not comparable.
 
 Every run is bounded: wrk runs for --duration seconds; the memory top-up stops at
 --memory-requests or --memory-seconds, whichever comes first.
@@ -35,7 +47,7 @@ import numpy as np
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the packages, and the test helpers
 
 
 def free_port() -> int:
@@ -105,6 +117,26 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
+def publish_untrained(store: Path, directory: Path) -> None:
+    """Publish an untrained SimpleConvNet as mnist@production into ``store`` (a temporary copy)."""
+    from conftest import make_bundle
+
+    from training.store import ModelStore
+
+    bundle = make_bundle(directory / "untrained.npz")
+    ModelStore(store).publish(bundle, "mnist", alias="production", force=True, note="untrained")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -171,6 +203,11 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3, help="alternating repetitions per level")
     parser.add_argument("--memory-requests", type=int, default=100_000)
     parser.add_argument("--memory-seconds", type=float, default=120.0)
+    parser.add_argument(
+        "--untrained",
+        action="store_true",
+        help="serve an untrained SimpleConvNet if the store has no mnist model",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -180,11 +217,15 @@ def main() -> int:
     pixels, label = sample_digit()
     body = json.dumps({"image": pixels}, separators=(",", ":"))
 
+    loadavg_start = os.getloadavg()
     # Serve a copy of the store, so the benchmark never touches the real one.
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store = tmp / "store"
         shutil.copytree(args.store, store)
+        untrained = args.untrained and not (store / "mnist").is_dir()
+        if untrained:
+            publish_untrained(store, tmp)
         script = wrk_post_script(tmp, body)
         server = Server(store, args.workers)
         try:
@@ -207,13 +248,17 @@ def main() -> int:
                     timeout=5,
                 )
             sent = 1001
-            rss_first = {pid: rss_mb(pid) for pid in server.worker_pids()}
+            workers = server.worker_pids()
+            rss_first = {pid: rss_mb(pid) for pid in workers}
 
             runs: dict[str, dict[int, list[dict]]] = {"healthz": {}, "predict": {}}
             for concurrency in levels:
                 for _ in range(args.reps):
                     for route, lua in (("healthz", None), ("predict", script)):
+                        cpu_before = cpu_seconds(workers)
                         result = run_wrk(server.url + "/" + route, concurrency, args.duration, lua)
+                        cpu_used = cpu_seconds(workers) - cpu_before
+                        result["worker_cpu_us"] = cpu_used / max(result["requests"], 1) * 1e6
                         runs[route].setdefault(concurrency, []).append(result)
                         if route == "predict":
                             sent += result["requests"]
@@ -234,7 +279,12 @@ def main() -> int:
             row[f"{route}_rps"] = statistics.median(r["rps"] for r in results)
             row[f"{route}_p99_ms"] = statistics.median(r.get("p99_ms", np.nan) for r in results)
             row[f"{route}_errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in results)
+            row[f"{route}_worker_cpu_us"] = statistics.median(r["worker_cpu_us"] for r in results)
         row["ratio"] = row["predict_rps"] / row["healthz_rps"]
+        row["ratio_paired_median"] = statistics.median(
+            p["rps"] / h["rps"]
+            for h, p in zip(runs["healthz"][concurrency], runs["predict"][concurrency], strict=True)
+        )
         summary.append(row)
     memory = [
         {
@@ -248,11 +298,13 @@ def main() -> int:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "loadavg_start": loadavg_start,
         "loadavg_end": os.getloadavg(),
         "workers": args.workers,
         "duration_s": args.duration,
         "reps": args.reps,
         "served_model": served,
+        "untrained_model": untrained,
         "digit_label": label,
         "predicted_label": predicted,
         "levels": summary,
@@ -264,19 +316,21 @@ def main() -> int:
         return 0
     print(
         f"convserve serve_load  {report['date']}  {report['machine']}  "
-        f"workers={args.workers}  model={served}  wrk {args.duration:g}s x {args.reps} reps "
-        f"(medians)"
+        f"workers={args.workers}  model={served}{' (untrained)' if untrained else ''}  "
+        f"wrk {args.duration:g}s x {args.reps} reps (medians)"
     )
+    print(f"loadavg at start: {tuple(round(x, 2) for x in loadavg_start)}")
     print(
         f"{'conc':>5} {'healthz rps':>12} {'predict rps':>12} {'ratio':>6} "
-        f"{'healthz p99':>12} {'predict p99':>12} {'errors':>7}"
+        f"{'healthz p99':>12} {'predict p99':>12} {'errors':>7} {'worker CPU us/req h/p':>22}"
     )
     for row in summary:
         print(
             f"{row['concurrency']:>5} {row['healthz_rps']:>12.0f} {row['predict_rps']:>12.0f} "
             f"{row['ratio']:>6.2f} {row['healthz_p99_ms']:>10.2f}ms "
             f"{row['predict_p99_ms']:>10.2f}ms "
-            f"{row['healthz_errors'] + row['predict_errors']:>7}"
+            f"{row['healthz_errors'] + row['predict_errors']:>7} "
+            f"{row['healthz_worker_cpu_us']:>14.0f} / {row['predict_worker_cpu_us']:<5.0f}"
         )
     print(f"predict requests sent: {sent}; digit label {label}, predicted {predicted}")
     for entry in memory:
@@ -284,7 +338,7 @@ def main() -> int:
             f"worker {entry['pid']}: RSS after 1k {entry['rss_after_1k_mb']:.1f} MB, "
             f"after all {entry['rss_after_all_mb']:.1f} MB, growth {entry['growth_mb']:+.1f} MB"
         )
-    print(f"loadavg at end: {report['loadavg_end']}")
+    print(f"loadavg at end: {tuple(round(x, 2) for x in report['loadavg_end'])}")
     return 0
 
 
