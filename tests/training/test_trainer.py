@@ -339,3 +339,24 @@ def test_random_affine_is_reproducible_and_bounded():
     assert a.shape == images.shape and a.min() >= 0 and a.max() <= 255
     with pytest.raises(ValueError, match="max_scale"):
         random_affine(images, np.random.default_rng(0), 0, 0.0, 1.5)
+
+
+def test_affine_batch_matches_scipy_bilinear_interpolation():
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    degrees, scales = rng.uniform(-30, 30, 40), rng.uniform(0.7, 1.3, 40)
+    shifts = rng.integers(-3, 4, size=(40, 2))
+    ours = affine_batch(images, degrees, scales, shifts)
+    # The same inverse map, written out in float64, through scipy.
+    angle = np.deg2rad(degrees)[:, None, None]
+    dy = np.arange(28)[None, :, None] - 13.5 - shifts[:, 0, None, None]
+    dx = np.arange(28)[None, None, :] - 13.5 - shifts[:, 1, None, None]
+    cos, sin = np.cos(angle) / scales[:, None, None], np.sin(angle) / scales[:, None, None]
+    rows, cols = cos * dy - sin * dx + 13.5, sin * dy + cos * dx + 13.5
+    index = np.broadcast_to(np.arange(40)[:, None, None], rows.shape).astype(float)
+    reference = map_coordinates(
+        images.astype(float), np.stack([index, rows, cols]), order=1, mode="grid-constant"
+    )
+    np.testing.assert_allclose(ours, reference, atol=0.01)
