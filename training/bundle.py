@@ -15,7 +15,6 @@ import datetime as _dt
 import io
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from training import __version__
 from training.errors import BundleInvalid
+from training.fileio import write_atomically
 from training.network import Network
 
 FORMAT_VERSION = 1
@@ -119,21 +119,12 @@ def bundle_bytes(network: Network, metadata: dict) -> bytes:
 
 
 def save_bundle(path: str | os.PathLike, network: Network, metadata: dict) -> Path:
-    """Write a bundle atomically: a temporary file in the same directory, fsynced, then renamed,
-    so a reader never sees half a bundle."""
+    """Write a bundle atomically (``training.fileio.write_atomically``): a reader never sees
+    half a bundle."""
     path = Path(path)
     data = bundle_bytes(network, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, data)
     return path
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from training import __version__
 from training.bundle import Bundle, load_bundle_bytes
 from training.errors import BundleInvalid, ConvserveError
+from training.fileio import fsync_dir, write_atomically
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 LATEST = "latest"  # reserved alias: always the highest version
@@ -181,37 +182,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file_durably(path: Path, data: bytes) -> None:
     with open(path, "xb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _replace_file_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, ``os.replace`` it over
-    ``path`` and fsync the directory: readers see the old or the new file, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the service may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _json_bytes(document: dict) -> bytes:
@@ -360,7 +335,7 @@ class ModelStore:
         return {"aliases": aliases, "history": history, "deleted": deleted}
 
     def _write_aliases_document(self, name: str, document: dict) -> None:
-        _replace_file_atomically(self._model_dir(name) / ALIASES_FILE, _json_bytes(document))
+        write_atomically(self._model_dir(name) / ALIASES_FILE, _json_bytes(document))
 
     def aliases(self, name: str) -> dict[str, int]:
         """Alias -> version, e.g. ``{"production": 1, "staging": 3}``."""
@@ -484,9 +459,9 @@ class ModelStore:
         if not model_dir.is_dir():
             created_root = not self.root.is_dir()
             model_dir.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             if created_root and self.root.parent.is_dir():
-                _fsync_dir(self.root.parent)
+                fsync_dir(self.root.parent)
         fd = os.open(model_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -625,9 +600,9 @@ class ModelStore:
                             f"not publishing {name} with alias {alias}: {refusal}"
                         )
                 _write_file_durably(staging / MANIFEST_FILE, _json_bytes(manifest))
-                _fsync_dir(staging)
+                fsync_dir(staging)
                 os.rename(staging, model_dir / str(version))
-                _fsync_dir(model_dir)
+                fsync_dir(model_dir)
                 if alias is not None:
                     self._move_alias(name, alias, version, "publish", forced=bool(refusal))
         except BaseException:
@@ -811,7 +786,7 @@ class ModelStore:
             # One rename makes the version vanish for readers; the slow removal follows.
             doomed = model_dir / f"{DELETING_PREFIX}{version}-{os.urandom(4).hex()}"
             os.rename(model_dir / str(version), doomed)
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
             shutil.rmtree(doomed)
 
     # ------------------------------------------------------------------ checking
