@@ -214,7 +214,7 @@ def test_the_repository_store_verifies_and_accepts_a_publish(tmp_path, bundle_pa
     assert store.verify() == []
 
 
-@pytest.mark.parametrize("failing", ["_write_file_durably", "_fsync_dir"])
+@pytest.mark.parametrize("failing", ["_write_file_durably", "fsync_dir"])
 def test_a_full_disk_is_a_store_error_and_loses_nothing(store, tmp_path, monkeypatch, failing):
     publish_versions(store, tmp_path, [0.9])
     store.promote("mnist", 1, "production")
