@@ -22,6 +22,10 @@ from collections.abc import Callable
 import numpy as np
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
+# Peak learning rate and decoupled weight decay that work for each optimizer on the MNIST
+# convnets (docs/TRAINING.md): plain and heavy-ball SGD take steps ~30x larger than Adam's.
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.1, "adam": 3e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-3, "momentum": 5e-3, "adam": 1e-2}
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 

@@ -34,7 +34,7 @@ from training.data import (
     split_validation,
 )
 from training.network import PRESETS, Network, preset
-from training.optimizers import OPTIMIZERS, SCHEDULES
+from training.optimizers import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SCHEDULES
 from training.trainer import TrainConfig, TrainingConfigError, evaluate, train
 
 DEFAULTS = TrainConfig()
@@ -92,7 +92,6 @@ def register(subparsers) -> None:
             "test split and write a .npz bundle plus its learning curves. The defaults are the "
             "tuned recipe for simpleconvnet."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--data-dir", metavar="DIR", help="MNIST directory (default: $MNIST_DIR or ./data/mnist)"
@@ -101,7 +100,8 @@ def register(subparsers) -> None:
         "--arch",
         default="simpleconvnet",
         metavar="NAME|SPEC.json",
-        help=f"a preset ({', '.join(PRESETS)}) or a JSON architecture spec file",
+        help=f"a preset ({', '.join(PRESETS)}) or a JSON architecture spec file "
+        "(default: %(default)s)",
     )
     p.add_argument("--classes", metavar="0,1", help="train on these digits only (default: all ten)")
     p.add_argument(
@@ -109,59 +109,93 @@ def register(subparsers) -> None:
         type=_non_negative_int,
         default=5000,
         metavar="N",
-        help="training images held out for validation (0: none, keep the last epoch)",
+        help="training images held out for validation; 0: none, keep the last epoch "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--limit", type=_positive_int, metavar="N", help="train on at most N images (quick runs)"
     )
-    p.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs, metavar="N")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size, metavar="N")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=DEFAULTS.epochs,
+        metavar="N",
+        help="passes over the shuffled training split (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULTS.batch_size,
+        metavar="N",
+        help="(default: %(default)s)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=DEFAULTS.optimizer,
+        help="momentum is heavy-ball 0.9; adam is AdamW with --weight-decay (default: %(default)s)",
+    )
     p.add_argument(
         "--lr",
         type=_positive_float,
-        default=DEFAULTS.lr,
-        help="(peak) learning rate",
+        help="peak learning rate of the schedule (default: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+        + ")",
     )
     p.add_argument(
         "--weight-decay",
         type=_non_negative_float,
-        default=DEFAULTS.weight_decay,
         metavar="WD",
-        help="decoupled weight decay on weights and kernels (AdamW style)",
+        help="decoupled weight decay on weights and kernels, AdamW style (default: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_WEIGHT_DECAY.items())
+        + ")",
     )
-    p.add_argument("--schedule", choices=SCHEDULES, default=DEFAULTS.schedule)
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=DEFAULTS.schedule,
+        help="learning-rate schedule; onecycle: 20%% warm-up, then cosine to lr/1000 "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--shift",
         type=_non_negative_int,
         default=DEFAULTS.shift,
         metavar="PIXELS",
-        help="random shifts of up to this many pixels (0: no augmentation)",
+        help="random shifts of up to this many pixels; 0: none (default: %(default)s)",
     )
     p.add_argument(
         "--rotate",
         type=_non_negative_float,
         default=DEFAULTS.rotation,
         metavar="DEGREES",
-        help="random rotations of up to this many degrees (0: none)",
+        help="random rotations of up to this many degrees (default: %(default)s)",
     )
     p.add_argument(
         "--scale",
         type=_non_negative_float,
         default=DEFAULTS.scale,
         metavar="FRACTION",
-        help="random zoom by a factor in [1 - FRACTION, 1 + FRACTION] (0: none)",
+        help="random zoom by a factor in [1 - FRACTION, 1 + FRACTION] (default: %(default)s)",
     )
     p.add_argument(
         "--patience",
         type=_non_negative_int,
         default=DEFAULTS.patience,
         metavar="N",
-        help="stop after N epochs without a better validation accuracy (0: run all epochs); "
-        "the best epoch's weights are kept either way",
+        help="stop after N epochs without a better validation accuracy; 0: run all epochs "
+        "(default: %(default)s); the best epoch's weights are kept either way",
     )
-    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="N")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="seeds the validation split, initial weights, order and shifts (default: 0)",
+    )
+    p.add_argument(
+        "--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)"
+    )
     p.add_argument(
         "--hidden", type=_positive_int, metavar="N", help="hidden units of the mlp (default 100)"
     )
@@ -336,8 +370,10 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
+        lr=DEFAULT_LR[args.optimizer] if args.lr is None else args.lr,
+        weight_decay=(
+            DEFAULT_WEIGHT_DECAY[args.optimizer] if args.weight_decay is None else args.weight_decay
+        ),
         schedule=args.schedule,
         shift=args.shift,
         rotation=args.rotate,

@@ -30,7 +30,14 @@ from training.augment import random_affine, random_shift
 from training.bundle import Bundle, input_contract, normalise
 from training.errors import ConvserveError
 from training.network import Network
-from training.optimizers import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from training.optimizers import (
+    DEFAULT_LR,
+    DEFAULT_WEIGHT_DECAY,
+    OPTIMIZERS,
+    SCHEDULES,
+    make_optimizer,
+    make_schedule,
+)
 
 
 class TrainingDiverged(ConvserveError):
@@ -53,11 +60,11 @@ class TrainConfig:
     outputs stand for (default 0..K-1).
     """
 
-    epochs: int = 15
+    epochs: int = 20
     batch_size: int = 100
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    weight_decay: float = 0.01
+    optimizer: str = "momentum"
+    lr: float = DEFAULT_LR["momentum"]
+    weight_decay: float = DEFAULT_WEIGHT_DECAY["momentum"]
     schedule: str = "onecycle"
     shift: int = 2
     rotation: float = 0.0

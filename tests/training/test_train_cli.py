@@ -47,7 +47,8 @@ def test_train_writes_a_complete_bundle(trained):
     assert training["seed"] == 3
     assert training["train_images"] == 400 and training["val_size"] == 100
     assert training["seconds"] >= 0
-    assert training["optimizer"] == "adam" and training["augmentation"]["shift"] == 2
+    assert training["optimizer"] == "momentum" and training["lr"] == 0.1
+    assert training["augmentation"]["shift"] == 2
     assert set(metadata["data_fingerprint"]) == {
         "train-images-idx3-ubyte.gz",
         "train-labels-idx1-ubyte.gz",
