@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from training.data import (
     select_classes,
     split_validation,
 )
+from training.fileio import write_atomically
 from training.network import PRESETS, Network, preset
 from training.optimizers import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SCHEDULES
 from training.trainer import TrainConfig, TrainingConfigError, evaluate, train
@@ -305,17 +305,6 @@ def curves_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(out.stem + ".curves.json"), out.with_name(out.stem + ".curves.png")
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_curves(history: list[dict], path: Path) -> bool:
     """Loss and accuracy per epoch as a PNG; False (and nothing written) without matplotlib."""
     try:
@@ -453,7 +442,7 @@ def run_train(args: argparse.Namespace) -> int:
         "history": result.history,
         "test_accuracy": test["accuracy"],
     }
-    _write_text_atomically(json_path, json.dumps(curves, indent=2) + "\n")
+    write_atomically(json_path, (json.dumps(curves, indent=2) + "\n").encode())
     plotted = plot_curves(result.history, png_path)
 
     print(
