@@ -247,3 +247,12 @@ def test_no_png_without_matplotlib(tmp_path, monkeypatch):
     history = [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}]
     assert plot_curves(history, tmp_path / "c.png") is False
     assert not (tmp_path / "c.png").exists()
+
+
+def test_without_validation_split(tiny_mnist_dir, tmp_path):
+    out = tmp_path / "m.npz"
+    assert train_cli(tiny_mnist_dir, out, "--val-size", "0", "--epochs", "2") == 0
+    metadata = load_bundle(out).metadata
+    assert metadata["metrics"]["val_accuracy"] is None
+    assert metadata["training"]["best_epoch"] == 2
+    assert metadata["training"]["train_images"] == 500
