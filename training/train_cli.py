@@ -165,20 +165,6 @@ def register(subparsers) -> None:
         help="random shifts of up to this many pixels; 0: none (default: %(default)s)",
     )
     p.add_argument(
-        "--rotate",
-        type=_non_negative_float,
-        default=DEFAULTS.rotation,
-        metavar="DEGREES",
-        help="random rotations of up to this many degrees (default: %(default)s)",
-    )
-    p.add_argument(
-        "--scale",
-        type=_non_negative_float,
-        default=DEFAULTS.scale,
-        metavar="FRACTION",
-        help="random zoom by a factor in [1 - FRACTION, 1 + FRACTION] (default: %(default)s)",
-    )
-    p.add_argument(
         "--patience",
         type=_non_negative_int,
         default=DEFAULTS.patience,
@@ -365,8 +351,6 @@ def run_train(args: argparse.Namespace) -> int:
         ),
         schedule=args.schedule,
         shift=args.shift,
-        rotation=args.rotate,
-        scale=args.scale,
         patience=args.patience,
         class_labels=class_labels,
     )
@@ -409,11 +393,7 @@ def run_train(args: argparse.Namespace) -> int:
         "preset": spec.get("name", "custom"),
         "arch": args.arch,
         **{k: v for k, v in config.to_dict().items() if k != "class_labels"},
-        "augmentation": {
-            "shift": config.shift,
-            "rotation": config.rotation,
-            "scale": config.scale,
-        },
+        "augmentation": {"shift": config.shift},
         "seed": args.seed,
         "classes": class_labels,
         "val_size": len(val_ds),

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from training.augment import random_affine, random_shift
+from training.augment import random_shift
 from training.bundle import Bundle, input_contract, normalise
 from training.errors import ConvserveError
 from training.network import Network
@@ -67,8 +67,6 @@ class TrainConfig:
     weight_decay: float = DEFAULT_WEIGHT_DECAY["momentum"]
     schedule: str = "onecycle"
     shift: int = 2
-    rotation: float = 0.0
-    scale: float = 0.0
     patience: int = 0
     class_labels: list[int] | None = None
     eval_batch_size: int = 1000
@@ -85,10 +83,6 @@ class TrainConfig:
                 raise TrainingConfigError(f"{name} must be a non-negative integer, got {value!r}")
         if self.shift > 8:
             raise TrainingConfigError(f"shift must be at most 8 pixels, got {self.shift}")
-        if not (isinstance(self.rotation, int | float) and 0 <= self.rotation <= 45):
-            raise TrainingConfigError(f"rotation must be 0-45 degrees, got {self.rotation!r}")
-        if not (isinstance(self.scale, int | float) and 0 <= self.scale <= 0.5):
-            raise TrainingConfigError(f"scale must be in [0, 0.5], got {self.scale!r}")
         if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingConfigError(f"lr must be a positive number, got {self.lr!r}")
         wd = self.weight_decay
@@ -319,9 +313,7 @@ def train(
             for start in range(0, count, config.batch_size):
                 batch = order[start : start + config.batch_size]
                 pixels = train_ds.images[batch]
-                if config.rotation or config.scale:
-                    pixels = random_affine(pixels, rng, config.shift, config.rotation, config.scale)
-                elif config.shift:
+                if config.shift:
                     pixels = random_shift(pixels, config.shift, rng)
                 targets = train_targets[batch]
                 logits = network.forward(normalise(pixels, contract, dtype), train=True)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training.augment import affine_batch, random_affine, random_shift
+from training.augment import random_shift
 from training.bundle import input_contract, load_bundle
 from training.data import Dataset, load_mnist, split_validation
 from training.errors import ConvserveError
@@ -311,52 +311,3 @@ def test_random_shift_is_reproducible_and_zero_is_identity():
 def test_random_shift_refuses_bad_sizes(bad):
     with pytest.raises(ValueError, match="max_shift"):
         random_shift(np.zeros((1, 28, 28), np.uint8), bad, np.random.default_rng(0))
-
-
-def test_affine_batch_rotates_and_shifts_exactly_on_the_grid():
-    images = (np.arange(2 * 28 * 28).reshape(2, 28, 28) % 251 + 1).astype(np.uint8)
-    rotated = affine_batch(images, [90, -90], [1, 1], [[0, 0], [0, 0]])
-    np.testing.assert_allclose(rotated[0], np.rot90(images[0], -1), atol=1e-3)  # clockwise
-    np.testing.assert_allclose(rotated[1], np.rot90(images[1], 1), atol=1e-3)
-    moved = affine_batch(images, [0, 0], [1, 1], [[1, -2], [0, 0]])  # 1 down, 2 left
-    np.testing.assert_array_equal(moved[0], shift_reference(images[0], 1, -2))
-    np.testing.assert_array_equal(moved[1], images[1])
-    assert moved.dtype == np.float32
-
-
-def test_affine_batch_scales_about_the_centre_with_zero_fill():
-    ink = np.full((1, 28, 28), 255, dtype=np.uint8)
-    shrunk = affine_batch(ink, [0], [0.5], [[0, 0]])[0]
-    assert shrunk[14, 14] == 255 and shrunk[0, 0] == 0 and shrunk[27, 27] == 0
-    assert 0.2 < shrunk.sum() / ink.sum() < 0.3  # about a quarter of the area
-
-
-def test_random_affine_is_reproducible_and_bounded():
-    images = np.random.default_rng(0).integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
-    a = random_affine(images, np.random.default_rng(3), 2, 10.0, 0.1)
-    b = random_affine(images, np.random.default_rng(3), 2, 10.0, 0.1)
-    np.testing.assert_array_equal(a, b)
-    assert a.shape == images.shape and a.min() >= 0 and a.max() <= 255
-    with pytest.raises(ValueError, match="max_scale"):
-        random_affine(images, np.random.default_rng(0), 0, 0.0, 1.5)
-
-
-def test_affine_batch_matches_scipy_bilinear_interpolation():
-    from scipy.ndimage import map_coordinates
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
-    degrees, scales = rng.uniform(-30, 30, 40), rng.uniform(0.7, 1.3, 40)
-    shifts = rng.integers(-3, 4, size=(40, 2))
-    ours = affine_batch(images, degrees, scales, shifts)
-    # The same inverse map, written out in float64, through scipy.
-    angle = np.deg2rad(degrees)[:, None, None]
-    dy = np.arange(28)[None, :, None] - 13.5 - shifts[:, 0, None, None]
-    dx = np.arange(28)[None, None, :] - 13.5 - shifts[:, 1, None, None]
-    cos, sin = np.cos(angle) / scales[:, None, None], np.sin(angle) / scales[:, None, None]
-    rows, cols = cos * dy - sin * dx + 13.5, sin * dy + cos * dx + 13.5
-    index = np.broadcast_to(np.arange(40)[:, None, None], rows.shape).astype(float)
-    reference = map_coordinates(
-        images.astype(float), np.stack([index, rows, cols]), order=1, mode="grid-constant"
-    )
-    np.testing.assert_allclose(ours, reference, atol=0.01)
