@@ -39,6 +39,26 @@ def synthetic_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
+def in_mnist_form(image: np.ndarray) -> np.ndarray:
+    """A uint8 (28, 28) drawing brought to MNIST's own form, the way LeCun made it: cropped to
+    the ink, scaled (antialiased) to fit 20x20 keeping the aspect ratio, placed in 28x28 with
+    its centre of mass at the centre. Only for the synthetic fallback digits."""
+    from PIL import Image
+    from scipy import ndimage
+
+    rows, cols = np.nonzero(image)
+    crop = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    scale = 20 / max(crop.shape)
+    height, width = (max(1, round(n * scale)) for n in crop.shape)
+    fitted = np.asarray(Image.fromarray(crop).resize((width, height), Image.Resampling.LANCZOS))
+    canvas = np.zeros((28, 28), dtype=np.float64)
+    top, left = (28 - height) // 2, (28 - width) // 2
+    canvas[top : top + height, left : left + width] = fitted
+    centre_row, centre_col = ndimage.center_of_mass(canvas)
+    shifted = ndimage.shift(canvas, (14 - centre_row, 14 - centre_col), order=0)
+    return np.clip(shifted, 0, 255).astype(np.uint8)
+
+
 def write_idx(path: Path, array: np.ndarray) -> Path:
     """Write a uint8 array as an IDX file (magic 0x0803 for 3 dims, 0x0801 for 1 dim), gzipped
     when ``path`` ends in ``.gz``. Returns ``path``."""
@@ -83,7 +103,8 @@ def mnist_images() -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 28, 28), labels uint8 (N,)) from the MNIST test set, or synthetic."""
     directory = find_mnist_dir()
     if directory is None:
-        return synthetic_digits(64)
+        images, labels = synthetic_digits(64)
+        return np.stack([in_mnist_form(image) for image in images]), labels
     images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[:64]
     labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[:64]
     return np.array(images), np.array(labels)
