@@ -19,8 +19,10 @@ Besides requests/s and latency, each run records the workers' CPU time per reque
 stime from /proc, both workers): less sensitive than requests/s to what else the machine runs,
 and the direct measure of what /predict costs beyond /healthz. The ratio column is the ratio of
 the medians; the JSON also has the median of the per-repetition ratios (each repetition runs
-/healthz and /predict back to back). The load average is printed before and after: on 2 shared
-cores, figures taken above ~1.5 from other processes are not comparable.
+/healthz and /predict back to back). The load average is printed before and after, and the
+"others" column is the most CPU (in cores) the rest of the machine used during any run of that
+level: all CPUs' busy time minus the workers' and wrk's. On 2 shared cores, figures taken while
+others use more than ~0.1-0.2 cores are not comparable.
 
 Every run is bounded: wrk runs for --duration seconds; the memory top-up stops at
 --memory-requests or --memory-seconds, whichever comes first.
@@ -33,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -125,6 +128,19 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return total / ticks
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all processors spent busy so far (every process, the kernel), in seconds."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is in user already
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of the finished child processes waited for (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def publish_untrained(store: Path, directory: Path) -> None:
@@ -256,9 +272,17 @@ def main() -> int:
                 for _ in range(args.reps):
                     for route, lua in (("healthz", None), ("predict", script)):
                         cpu_before = cpu_seconds(workers)
+                        busy_before, wrk_before = machine_busy_seconds(), children_cpu_seconds()
+                        started = time.monotonic()
                         result = run_wrk(server.url + "/" + route, concurrency, args.duration, lua)
+                        elapsed = time.monotonic() - started
                         cpu_used = cpu_seconds(workers) - cpu_before
                         result["worker_cpu_us"] = cpu_used / max(result["requests"], 1) * 1e6
+                        # What the rest of the machine used meanwhile, in cores: the busy time
+                        # of all CPUs minus the workers' and wrk's own.
+                        foreign = machine_busy_seconds() - busy_before
+                        foreign -= cpu_used + children_cpu_seconds() - wrk_before
+                        result["other_cores"] = foreign / elapsed
                         runs[route].setdefault(concurrency, []).append(result)
                         if route == "predict":
                             sent += result["requests"]
@@ -280,6 +304,7 @@ def main() -> int:
             row[f"{route}_p99_ms"] = statistics.median(r.get("p99_ms", np.nan) for r in results)
             row[f"{route}_errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in results)
             row[f"{route}_worker_cpu_us"] = statistics.median(r["worker_cpu_us"] for r in results)
+            row[f"{route}_other_cores_max"] = max(r["other_cores"] for r in results)
         row["ratio"] = row["predict_rps"] / row["healthz_rps"]
         row["ratio_paired_median"] = statistics.median(
             p["rps"] / h["rps"]
@@ -322,7 +347,8 @@ def main() -> int:
     print(f"loadavg at start: {tuple(round(x, 2) for x in loadavg_start)}")
     print(
         f"{'conc':>5} {'healthz rps':>12} {'predict rps':>12} {'ratio':>6} "
-        f"{'healthz p99':>12} {'predict p99':>12} {'errors':>7} {'worker CPU us/req h/p':>22}"
+        f"{'healthz p99':>12} {'predict p99':>12} {'errors':>7} {'worker CPU us/req h/p':>22} "
+        f"{'others':>6}"
     )
     for row in summary:
         print(
@@ -330,7 +356,8 @@ def main() -> int:
             f"{row['ratio']:>6.2f} {row['healthz_p99_ms']:>10.2f}ms "
             f"{row['predict_p99_ms']:>10.2f}ms "
             f"{row['healthz_errors'] + row['predict_errors']:>7} "
-            f"{row['healthz_worker_cpu_us']:>14.0f} / {row['predict_worker_cpu_us']:<5.0f}"
+            f"{row['healthz_worker_cpu_us']:>14.0f} / {row['predict_worker_cpu_us']:<5.0f} "
+            f"{max(row['healthz_other_cores_max'], row['predict_other_cores_max']):>6.2f}"
         )
     print(f"predict requests sent: {sent}; digit label {label}, predicted {predicted}")
     for entry in memory:
