@@ -24,6 +24,7 @@ Why these choices:
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -76,7 +77,16 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 def post_worker_init(worker):
     """In the worker, after the app is built: start the store poller now rather than at the
-    first request, so a new version is picked up even by a worker that is idle."""
+    first request, so a new version is picked up even by a worker that is idle.
+
+    Also: Ctrl-C reaches every process of the terminal's group, and gunicorn's quick shutdown
+    (SIGINT, then SIGQUIT from the master) makes a worker ``sys.exit`` in the middle of a
+    response, logging a traceback for a request that was being answered. Treat both like
+    SIGTERM instead: finish the request in hand, then leave (the master still kills a worker
+    that takes longer than graceful_timeout)."""
+    for quick in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(quick, worker.handle_exit)
+        signal.siginterrupt(quick, False)
     state = getattr(worker.wsgi, "extensions", {}).get("convserve")
     if state is not None:
         state.predictor.ensure_started()
