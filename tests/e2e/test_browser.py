@@ -182,9 +182,10 @@ def screenshots(tmp_path_factory) -> Path:
     return directory
 
 
-@pytest.fixture
-def desktop(browser, server):
-    context = browser.new_context(viewport=DESKTOP)
+def page_in_new_context(browser, **context_options):
+    """A page in a fresh browser context; fails the test if the page raised a JavaScript
+    error while it was in use."""
+    context = browser.new_context(**context_options)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     errors: list[str] = []
@@ -192,20 +193,18 @@ def desktop(browser, server):
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def desktop(browser, server):
+    yield from page_in_new_context(browser, viewport=DESKTOP)
 
 
 @pytest.fixture
 def phone(browser, server):
-    context = browser.new_context(
-        viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True
+    yield from page_in_new_context(
+        browser, viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True
     )
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 @pytest.fixture(scope="module")
