@@ -26,6 +26,7 @@ from flask import Flask, Request, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service import inputs
+from service.body import read_body
 from service.errors import (
     BadRequest,
     Forbidden,
@@ -378,26 +379,6 @@ def _register_error_handler(app: Flask) -> None:
 
 
 # ------------------------------------------------------------------------------ routes
-
-
-def read_body(req: Request, limit: int | None) -> bytes:
-    """The whole body of ``req``; ``limit`` is MAX_CONTENT_LENGTH (the app's config).
-
-    Under gunicorn (which ends the input stream at Content-Length itself, and says so with
-    ``wsgi.input_terminated``) a body whose length is declared and within the limit is one
-    read of the WSGI input: the same bytes werkzeug's guarded stream returns in 64 KiB steps
-    through two more wrappers, for a third of the time. Anything else (no length, over the
-    limit: 413, another server) goes through werkzeug's ``get_data``.
-    """
-    environ = req.environ
-    length = req.content_length
-    if (
-        length is not None
-        and (limit is None or length <= limit)
-        and environ.get("wsgi.input_terminated")
-    ):
-        return environ["wsgi.input"].read(length)
-    return req.get_data(cache=False)
 
 
 def read_payload(req: Request, limit: int | None) -> tuple[str, object]:

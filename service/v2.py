@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
+from service.body import read_body
 from service.errors import BadRequest, NotFound, NotReady, PayloadTooLarge
 from service.predictor import ServedModel
 from training import __version__
@@ -161,7 +162,10 @@ def infer(name: str, version_text: str | None):
     model = _model(name, version_text)
     g.model_version = model.version
     state = _state()
-    payload, binary = split_body(request.get_data(cache=False), request.headers.get(HEADER_LENGTH))
+    payload, binary = split_body(
+        read_body(request, current_app.config["MAX_CONTENT_LENGTH"]),
+        request.headers.get(HEADER_LENGTH),
+    )
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")

@@ -106,6 +106,37 @@ def test_client_errors_are_json_4xx(server):
     assert missing.headers["X-Request-ID"]
 
 
+def chunks(data: bytes, size: int = 1000):
+    """A generator body: requests sends it with Transfer-Encoding: chunked (no length)."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def test_chunked_body_is_read_whole(server):
+    body = json.dumps({"image": digit(6).tolist()}).encode()
+    headers = {"Content-Type": "application/json"}
+    chunked = requests.post(server.url + "/predict", data=chunks(body), headers=headers, timeout=10)
+    plain = requests.post(server.url + "/predict", data=body, headers=headers, timeout=10)
+    assert chunked.status_code == 200, chunked.text
+    assert chunked.json() == plain.json()
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/mnist/infer"])
+def test_chunked_body_over_max_content_length_is_413(server, path):
+    # No Content-Length to refuse up front: the server must count while reading (10 MiB limit).
+    body = b" " * (10 * 1024 * 1024 + 4096)
+    response = requests.post(
+        server.url + path,
+        data=chunks(body, 256 * 1024),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+    error = response.json()["error"]
+    message = error if path.startswith("/v2") else error["message"]
+    assert "MAX_CONTENT_LENGTH" in message
+
+
 def test_v2_metadata_and_json_infer(server, e2e_store):
     metadata = requests.get(server.url + "/v2/models/mnist", timeout=10).json()
     assert metadata["inputs"][0]["shape"] == [-1, 28, 28]
