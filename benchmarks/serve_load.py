@@ -73,9 +73,11 @@ def sample_digit() -> tuple[list[list[int]], int]:
 
 
 class Server:
-    """gunicorn with service/gunicorn.conf.py on a free port; stopped with SIGTERM."""
+    """gunicorn with service/gunicorn.conf.py on a free port; stopped with SIGTERM. ``app`` is
+    the WSGI app spec (benchmarks/probe_app.py adds probe routes to the same service)."""
 
-    def __init__(self, store: Path, workers: int):
+    def __init__(self, store: Path, workers: int, app: str = "service.app:create_app()"):
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -87,7 +89,7 @@ class Server:
         )
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.process = subprocess.Popen(
-            [str(gunicorn), "-c", "service/gunicorn.conf.py", "service.app:create_app()"],
+            [str(gunicorn), "-c", "service/gunicorn.conf.py", app],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -101,7 +103,9 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}")
             try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                ready = requests.get(self.url + "/readyz", timeout=1).status_code == 200
+                # ...and every worker forked: their CPU time is what the runs are charged.
+                if ready and len(self.worker_pids()) == self.workers:
                     return
             except (requests.ConnectionError, requests.Timeout):
                 pass  # not listening yet, or still loading
