@@ -9,6 +9,9 @@ so ``serve_breakdown.py`` can price the parts under the same gunicorn load.
 * ``POST /_probe/no-forward``: ``/predict``'s own steps (body by Content-Type, pixels, model
   lookup, prediction metrics, answer document, orjson) with the network's forward pass
   replaced by the probabilities cached from the first call.
+* ``POST /_probe/first-layer``: the same, plus the input normalisation and the network's first
+  step (for SimpleConvNet the fused conv -> ReLU -> max-pool) on the request's pixels: the
+  training package's own code, its output thrown away.
 
 Never part of the service: this module lives in benchmarks/ and only this factory adds the
 routes. ``tests/service/test_probe_app.py`` checks both answer exactly what ``/predict`` does.
@@ -22,6 +25,7 @@ from service.app import create_app as create_service_app
 from service.app import json_response, predictions_document, read_payload
 from service.body import read_body
 from service.predictor import Predictions
+from training.bundle import normalise
 
 
 def create_app(config: dict | None = None):
@@ -46,16 +50,28 @@ def create_app(config: dict | None = None):
             answer_for(body, predictor.pixels_from("json", body))
         return Response(answers[body][0], mimetype="application/json")
 
-    @app.post("/_probe/no-forward")
-    def probe_no_forward():
+    def without_forward(*, first_layer: bool):
         req = request._get_current_object()
         kind, payload = read_payload(req, app.config["MAX_CONTENT_LENGTH"])
         pixels = predictor.pixels_from(kind, payload)
         model = predictor.model_for()
+        if first_layer:
+            network = model.bundle.network
+            network.steps[0].forward(
+                normalise(pixels, model.bundle.input, network.dtype.type), train=False
+            )
         cached = answer_for(payload, pixels)[1]
         result = Predictions(model, cached.probabilities, cached.top, cached.labels)
         g.model_version = model.version
         metrics.count_predictions(model.name, result.labels)
         return json_response(predictions_document(result, pixels, explain=False))
+
+    @app.post("/_probe/no-forward")
+    def probe_no_forward():
+        return without_forward(first_layer=False)
+
+    @app.post("/_probe/first-layer")
+    def probe_first_layer():
+        return without_forward(first_layer=True)
 
     return app

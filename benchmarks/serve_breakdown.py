@@ -6,7 +6,7 @@ script prices the steps between the two, with the same gunicorn config (2 sync w
 wrk, so the ratio can be read as a budget: how much of /healthz's cost is left for the forward
 pass once HTTP, parsing and answering are paid.
 
-    .venv/bin/python benchmarks/serve_breakdown.py            # ~2 minutes
+    .venv/bin/python benchmarks/serve_breakdown.py            # ~2.5 minutes
     .venv/bin/python benchmarks/serve_breakdown.py --reps 3 --json
 
 Routes, each run with wrk for --duration seconds at --concurrency, the order rotated every
@@ -17,6 +17,8 @@ repetition so each sees the same machine state on average (medians of --reps):
   cached (benchmarks/probe_app.py);
 * ``POST /_probe/no-forward``: /predict's own steps with the forward pass replaced by cached
   probabilities;
+* ``POST /_probe/first-layer``: the same plus the network's first step (SimpleConvNet: the
+  fused conv -> ReLU -> max-pool, the training package's own code) on the request's pixels;
 * ``POST /predict``: the real route.
 
 Per request it reports the workers' CPU time (utime + stime from /proc) and the machine's CPU
@@ -51,7 +53,7 @@ from serve_load import (
     wrk_post_script,
 )
 
-ROUTES = ("healthz", "_probe/http", "_probe/no-forward", "predict")
+ROUTES = ("healthz", "_probe/http", "_probe/no-forward", "_probe/first-layer", "predict")
 TARGET_RATIO = 0.75
 
 
@@ -61,7 +63,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    parser.add_argument("--reps", type=int, default=5, help="rotations of the four routes")
+    parser.add_argument("--reps", type=int, default=5, help="rotations of the routes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -144,13 +146,15 @@ def main() -> int:
         row["step_worker_cpu_us"] = (
             row["worker_cpu_us"] - previous["worker_cpu_us"] if previous else None
         )
-    no_forward, predict = rows[2], rows[3]
+    no_forward, first_layer, predict = rows[2], rows[3], rows[4]
     budget = {
         "target_ratio": TARGET_RATIO,
         "predict_machine_cpu_us_allowed": healthz["machine_cpu_us"] / TARGET_RATIO,
         "forward_machine_cpu_us_allowed": healthz["machine_cpu_us"] / TARGET_RATIO
         - no_forward["machine_cpu_us"],
         "forward_machine_cpu_us_measured": predict["machine_cpu_us"] - no_forward["machine_cpu_us"],
+        "first_layer_machine_cpu_us_measured": first_layer["machine_cpu_us"]
+        - no_forward["machine_cpu_us"],
         "ratio_with_a_free_forward_pass": no_forward["ratio_to_healthz"],
     }
     report = {
@@ -192,7 +196,8 @@ def main() -> int:
     print(
         f"for {TARGET_RATIO}x the forward pass may cost "
         f"{budget['forward_machine_cpu_us_allowed']:.0f} us of machine CPU per request; it costs "
-        f"{budget['forward_machine_cpu_us_measured']:.0f} us"
+        f"{budget['forward_machine_cpu_us_measured']:.0f} us, its first layer alone "
+        f"{budget['first_layer_machine_cpu_us_measured']:.0f} us"
     )
     print(f"loadavg at end: {tuple(round(x, 2) for x in report['loadavg_end'])}")
     return 0

@@ -20,7 +20,7 @@ def probe_client(store_root):
     app.extensions["convserve"].predictor.stop()
 
 
-@pytest.mark.parametrize("route", ["/_probe/http", "/_probe/no-forward"])
+@pytest.mark.parametrize("route", ["/_probe/http", "/_probe/no-forward", "/_probe/first-layer"])
 def test_probe_routes_answer_what_predict_answers(probe_client, route):
     for seed in (1, 2):  # a second body replaces the cached answer
         body = json.dumps({"image": digit_pixels(seed).tolist()})
@@ -34,5 +34,5 @@ def test_probe_routes_answer_what_predict_answers(probe_client, route):
 
 def test_the_service_has_no_probe_routes(client):
     body = {"image": digit_pixels(1).tolist()}
-    assert client.post("/_probe/http", json=body).status_code == 404
-    assert client.post("/_probe/no-forward", json=body).status_code == 404
+    for route in ("/_probe/http", "/_probe/no-forward", "/_probe/first-layer"):
+        assert client.post(route, json=body).status_code == 404
