@@ -54,6 +54,7 @@ train: $(VENV)/.installed-base
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/serve_breakdown.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
