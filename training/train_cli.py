@@ -38,6 +38,8 @@ from training.optimizers import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SC
 from training.trainer import TrainConfig, TrainingConfigError, evaluate, train
 
 DEFAULTS = TrainConfig()
+# Fewer optimizer steps than this and a run warns that its bundle will be poor.
+FEW_STEPS = 100
 
 
 # --------------------------------------------------------------------------- argument types
@@ -374,6 +376,16 @@ def run_train(args: argparse.Namespace) -> int:
         print(
             f"training {spec.get('name', 'custom')} on {len(train_ds)} images "
             f"(validation {len(val_ds)}, test {len(test_ds)}), classes {class_labels}",
+            file=sys.stderr,
+        )
+    steps = args.epochs * math.ceil(len(train_ds) / args.batch_size)
+    if steps < FEW_STEPS:
+        # Even with --quiet: the run will finish, but the bundle will be poor (measured on
+        # MNIST with the default recipe: 30 steps 23 %, 60 steps 84 %, 90 steps 95 % test).
+        print(
+            f"warning: this run makes only {steps} optimizer steps ({len(train_ds)} images in "
+            f"batches of {args.batch_size}, {args.epochs} epoch{'s' if args.epochs > 1 else ''})"
+            f"; the network needs about {FEW_STEPS} to learn: add --epochs or images",
             file=sys.stderr,
         )
     result = train(network, train_ds, val_ds, config, train_rng, progress=not args.quiet)

@@ -144,7 +144,7 @@ def test_cosine_schedule_goes_from_lr_to_zero():
 
 
 def test_one_cycle_warms_up_then_decays():
-    schedule = OneCycleSchedule(1.0, total_steps=100, warmup_fraction=0.2)
+    schedule = OneCycleSchedule(1.0, total_steps=100, warmup_fraction=0.2, min_warmup_steps=0)
     assert schedule(0) == pytest.approx(1.0 / 25)
     assert schedule(20) == pytest.approx(1.0)
     assert max(schedule(s) for s in range(100)) == pytest.approx(1.0)
@@ -153,3 +153,17 @@ def test_one_cycle_warms_up_then_decays():
     assert all(a < b for a, b in zip(rising, rising[1:], strict=False))
     assert all(a > b for a, b in zip(falling, falling[1:], strict=False))
     assert schedule(100) == pytest.approx(1.0 / 1000)
+
+
+@pytest.mark.parametrize(
+    ("total_steps", "warmup_steps"),
+    [(11_000, 2_200), (2_500, 500), (2_000, 500), (90, 45), (30, 15), (1, 0)],
+)
+def test_one_cycle_warm_up_has_a_floor_in_steps(total_steps, warmup_steps):
+    # 20 % of the run, but at least 500 steps when the run is long enough for that to be at
+    # most half of it; short runs warm up for half their steps.
+    schedule = OneCycleSchedule(1.0, total_steps=total_steps)
+    assert schedule.warmup_steps == warmup_steps
+    if warmup_steps:
+        assert schedule(warmup_steps - 1) < 1.0
+        assert schedule(warmup_steps) == pytest.approx(1.0)

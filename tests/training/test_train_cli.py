@@ -256,3 +256,16 @@ def test_without_validation_split(tiny_mnist_dir, tmp_path):
     assert metadata["metrics"]["val_accuracy"] is None
     assert metadata["training"]["best_epoch"] == 2
     assert metadata["training"]["train_images"] == 500
+
+
+def test_a_run_too_short_to_learn_warns_even_when_quiet(tiny_mnist_dir, tmp_path, capsys):
+    assert train_cli(tiny_mnist_dir, tmp_path / "short.npz", "--limit", "200", "--epochs", "1") == 0
+    err = capsys.readouterr().err
+    assert "warning: this run makes only 2 optimizer steps (200 images in batches of 100" in err
+    assert "add --epochs or images" in err
+
+
+def test_a_run_long_enough_does_not_warn(tiny_mnist_dir, tmp_path, capsys):
+    args = ("--limit", "200", "--epochs", "3", "--batch-size", "4")  # 150 steps
+    assert train_cli(tiny_mnist_dir, tmp_path / "long.npz", *args) == 0
+    assert "warning" not in capsys.readouterr().err
