@@ -157,10 +157,10 @@ def test_one_cycle_warms_up_then_decays():
 
 @pytest.mark.parametrize(
     ("total_steps", "warmup_steps"),
-    [(11_000, 2_200), (2_500, 500), (2_000, 500), (90, 45), (30, 15), (1, 0)],
+    [(11_000, 2_200), (1_540, 308), (1_000, 300), (400, 200), (90, 45), (30, 15), (1, 0)],
 )
 def test_one_cycle_warm_up_has_a_floor_in_steps(total_steps, warmup_steps):
-    # 20 % of the run, but at least 500 steps when the run is long enough for that to be at
+    # 20 % of the run, but at least 300 steps when the run is long enough for that to be at
     # most half of it; short runs warm up for half their steps.
     schedule = OneCycleSchedule(1.0, total_steps=total_steps)
     assert schedule.warmup_steps == warmup_steps
