@@ -42,16 +42,7 @@ import time
 from pathlib import Path
 
 import requests
-from serve_load import (
-    REPO,
-    Server,
-    children_cpu_seconds,
-    cpu_seconds,
-    machine_busy_seconds,
-    run_wrk,
-    sample_digit,
-    wrk_post_script,
-)
+from serve_load import REPO, Server, measured_wrk_run, run_wrk, sample_digit, wrk_post_script
 
 ROUTES = ("healthz", "_probe/http", "_probe/no-forward", "_probe/first-layer", "predict")
 TARGET_RATIO = 0.75
@@ -103,22 +94,12 @@ def main() -> int:
             for rep in range(args.reps):
                 order = ROUTES[rep % len(ROUTES) :] + ROUTES[: rep % len(ROUTES)]
                 for route in order:
-                    cpu_before = cpu_seconds(workers)
-                    busy_before, wrk_before = machine_busy_seconds(), children_cpu_seconds()
-                    started = time.monotonic()
-                    result = run_wrk(
-                        f"{server.url}/{route}",
-                        args.concurrency,
-                        args.duration,
-                        None if route == "healthz" else script,
+                    lua = None if route == "healthz" else script
+                    runs[route].append(
+                        measured_wrk_run(
+                            f"{server.url}/{route}", args.concurrency, args.duration, lua, workers
+                        )
                     )
-                    elapsed = time.monotonic() - started
-                    cpu_used = cpu_seconds(workers) - cpu_before
-                    result["worker_cpu_us"] = cpu_used / max(result["requests"], 1) * 1e6
-                    foreign = machine_busy_seconds() - busy_before
-                    foreign -= cpu_used + children_cpu_seconds() - wrk_before
-                    result["other_cores"] = foreign / elapsed
-                    runs[route].append(result)
         finally:
             server.stop()
 

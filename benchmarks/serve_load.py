@@ -204,6 +204,25 @@ def run_wrk(url: str, concurrency: int, duration: float, script: Path | None) ->
     return parse_wrk(output)
 
 
+def measured_wrk_run(
+    url: str, concurrency: int, duration: float, script: Path | None, workers: list[int]
+) -> dict:
+    """``run_wrk`` plus what it cost: ``worker_cpu_us``, the workers' CPU time per request, and
+    ``other_cores``, what the rest of the machine used meanwhile in cores (the busy time of all
+    CPUs minus the workers' and wrk's own)."""
+    cpu_before = cpu_seconds(workers)
+    busy_before, wrk_before = machine_busy_seconds(), children_cpu_seconds()
+    started = time.monotonic()
+    result = run_wrk(url, concurrency, duration, script)
+    elapsed = time.monotonic() - started
+    cpu_used = cpu_seconds(workers) - cpu_before
+    result["worker_cpu_us"] = cpu_used / max(result["requests"], 1) * 1e6
+    foreign = machine_busy_seconds() - busy_before
+    foreign -= cpu_used + children_cpu_seconds() - wrk_before
+    result["other_cores"] = foreign / elapsed
+    return result
+
+
 def wrk_post_script(directory: Path, body: str) -> Path:
     script = directory / "predict.lua"
     script.write_text(
@@ -275,18 +294,9 @@ def main() -> int:
             for concurrency in levels:
                 for _ in range(args.reps):
                     for route, lua in (("healthz", None), ("predict", script)):
-                        cpu_before = cpu_seconds(workers)
-                        busy_before, wrk_before = machine_busy_seconds(), children_cpu_seconds()
-                        started = time.monotonic()
-                        result = run_wrk(server.url + "/" + route, concurrency, args.duration, lua)
-                        elapsed = time.monotonic() - started
-                        cpu_used = cpu_seconds(workers) - cpu_before
-                        result["worker_cpu_us"] = cpu_used / max(result["requests"], 1) * 1e6
-                        # What the rest of the machine used meanwhile, in cores: the busy time
-                        # of all CPUs minus the workers' and wrk's own.
-                        foreign = machine_busy_seconds() - busy_before
-                        foreign -= cpu_used + children_cpu_seconds() - wrk_before
-                        result["other_cores"] = foreign / elapsed
+                        result = measured_wrk_run(
+                            server.url + "/" + route, concurrency, args.duration, lua, workers
+                        )
                         runs[route].setdefault(concurrency, []).append(result)
                         if route == "predict":
                             sent += result["requests"]
