@@ -135,6 +135,20 @@ def make_bundle(
     return save_bundle(path, network, metadata)
 
 
+def make_store(directory: Path, *versions: dict, name: str = "mnist"):
+    """A ModelStore at ``directory / "store"`` with one tiny bundle published per entry of
+    ``versions`` (version 1, 2, ...): each a dict of ``make_bundle`` keywords plus an optional
+    ``alias``. The bundle files are written to ``directory`` as v1.npz, v2.npz, ..."""
+    from training.store import ModelStore
+
+    store = ModelStore(directory / "store")
+    for number, version in enumerate(versions, start=1):
+        options = dict(version)
+        alias = options.pop("alias", None)
+        store.publish(make_bundle(directory / f"v{number}.npz", **options), name, alias=alias)
+    return store
+
+
 @pytest.fixture
 def bundle_path(tmp_path) -> Path:
     """An untrained SimpleConvNet bundle with test_accuracy 0.5 recorded."""

@@ -4,21 +4,19 @@ gunicorn server (2 workers) on a temporary store holding mnist:1 (production) an
 from __future__ import annotations
 
 import pytest
-from conftest import make_bundle
+from conftest import make_store
 from e2e_testlib import GunicornServer
-
-from training.store import ModelStore
 
 
 @pytest.fixture(scope="session")
 def e2e_store(tmp_path_factory):
     directory = tmp_path_factory.mktemp("e2e")
-    store = ModelStore(directory / "store")
-    store.publish(
-        make_bundle(directory / "v1.npz", seed=1, test_accuracy=0.5), "mnist", alias="production"
+    store = make_store(
+        directory,
+        dict(seed=1, test_accuracy=0.5, alias="production"),
+        dict(seed=2, test_accuracy=0.6),
     )
-    store.publish(make_bundle(directory / "v2.npz", seed=2, test_accuracy=0.6), "mnist")
-    return directory / "store"
+    return store.root
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,8 @@ import time
 import numpy as np
 import pytest
 import requests
-from conftest import make_bundle
+from conftest import make_bundle, make_store
 from e2e_testlib import GunicornServer, metric_samples, metric_total
-
-from training.store import ModelStore
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +24,7 @@ BODY = {"image": (np.eye(28, dtype=np.uint8) * 255).tolist()}
 @pytest.fixture(scope="module")
 def reload_setup(tmp_path_factory):
     directory = tmp_path_factory.mktemp("reload")
-    store = ModelStore(directory / "store")
-    store.publish(
-        make_bundle(directory / "v1.npz", seed=1, test_accuracy=0.5), "mnist", alias="production"
-    )
+    store = make_store(directory, dict(seed=1, test_accuracy=0.5, alias="production"))
     server = GunicornServer(
         directory / "store", directory / "gunicorn.log", RELOAD_INTERVAL_S=str(INTERVAL_S)
     ).start()

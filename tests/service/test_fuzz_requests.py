@@ -13,8 +13,6 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 from service_testlib import build_app, digit_pixels, npy_bytes, png_bytes
 
-from training.store import ModelStore
-
 FUZZ_SETTINGS = settings(
     deadline=None,
     max_examples=200,
@@ -25,14 +23,12 @@ FUZZ_SETTINGS = settings(
 
 @pytest.fixture(scope="module")
 def fuzz_client(tmp_path_factory):
-    from conftest import make_bundle
+    from conftest import make_store
 
     directory = tmp_path_factory.mktemp("fuzz")
-    store = ModelStore(directory / "store")
-    store.publish(
-        make_bundle(directory / "a.npz", seed=1, test_accuracy=0.5), "mnist", alias="production"
+    make_store(
+        directory, dict(seed=1, test_accuracy=0.5, alias="production"), dict(seed=2, classes=[0, 1])
     )
-    store.publish(make_bundle(directory / "b.npz", seed=2, classes=[0, 1]), "mnist")
     app = build_app(directory / "store", LOG_LEVEL="warning")
     return app.test_client()
 
