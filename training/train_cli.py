@@ -378,14 +378,15 @@ def run_train(args: argparse.Namespace) -> int:
             f"(validation {len(val_ds)}, test {len(test_ds)}), classes {class_labels}",
             file=sys.stderr,
         )
-    steps = args.epochs * math.ceil(len(train_ds) / args.batch_size)
+    steps = config.epochs * config.steps_per_epoch(len(train_ds))
     if steps < FEW_STEPS:
         # Even with --quiet: the run will finish, but the bundle will be poor (measured on
         # MNIST with the default recipe: 30 steps 23 %, 60 steps 84 %, 90 steps 95 % test).
+        epochs = f"{config.epochs} epoch{'s' if config.epochs > 1 else ''}"
         print(
             f"warning: this run makes only {steps} optimizer steps ({len(train_ds)} images in "
-            f"batches of {args.batch_size}, {args.epochs} epoch{'s' if args.epochs > 1 else ''})"
-            f"; the network needs about {FEW_STEPS} to learn: add --epochs or images",
+            f"batches of {config.batch_size}, {epochs}); the network needs about {FEW_STEPS} "
+            "to learn: add --epochs or images",
             file=sys.stderr,
         )
     result = train(network, train_ds, val_ds, config, train_rng, progress=not args.quiet)

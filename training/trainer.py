@@ -71,6 +71,11 @@ class TrainConfig:
     class_labels: list[int] | None = None
     eval_batch_size: int = 1000
 
+    def steps_per_epoch(self, images: int) -> int:
+        """Optimizer steps one epoch over ``images`` training images takes (the last batch may
+        be smaller)."""
+        return math.ceil(images / self.batch_size)
+
     def validate(self) -> None:
         """Raise TrainingConfigError naming the first impossible setting."""
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -281,7 +286,7 @@ def train(
     val_targets = class_indices(val_ds.labels, class_labels) if has_val else None
     contract = training_contract(train_ds.images)
 
-    steps_per_epoch = math.ceil(count / config.batch_size)
+    steps_per_epoch = config.steps_per_epoch(count)
     optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay)
     schedule = make_schedule(
         config.schedule, config.lr, config.epochs * steps_per_epoch, steps_per_epoch
