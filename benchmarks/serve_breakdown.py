@@ -83,21 +83,20 @@ def main() -> int:
             if len({json.dumps(answer, sort_keys=True) for answer in answers.values()}) != 1:
                 raise RuntimeError(f"the probe routes answer differently from /predict: {answers}")
             workers = server.worker_pids()
+            lua = {route: None if route == "healthz" else script for route in ROUTES}
             for route in ROUTES:  # warm-up: imports, caches, first-call paths
-                run_wrk(
-                    f"{server.url}/{route}",
-                    args.concurrency,
-                    1,
-                    None if route == "healthz" else script,
-                )
+                run_wrk(f"{server.url}/{route}", args.concurrency, 1, lua[route])
             runs: dict[str, list[dict]] = {route: [] for route in ROUTES}
             for rep in range(args.reps):
                 order = ROUTES[rep % len(ROUTES) :] + ROUTES[: rep % len(ROUTES)]
                 for route in order:
-                    lua = None if route == "healthz" else script
                     runs[route].append(
                         measured_wrk_run(
-                            f"{server.url}/{route}", args.concurrency, args.duration, lua, workers
+                            f"{server.url}/{route}",
+                            args.concurrency,
+                            args.duration,
+                            lua[route],
+                            workers,
                         )
                     )
         finally:
@@ -118,7 +117,8 @@ def main() -> int:
                 "other_cores_max": max(r["other_cores"] for r in results),
             }
         )
-    healthz = rows[0]
+    by_route = {row["route"]: row for row in rows}
+    healthz = by_route["healthz"]
     for previous, row in zip([None, *rows], rows, strict=False):
         row["ratio_to_healthz"] = row["rps"] / healthz["rps"]
         row["step_machine_cpu_us"] = (
@@ -127,7 +127,9 @@ def main() -> int:
         row["step_worker_cpu_us"] = (
             row["worker_cpu_us"] - previous["worker_cpu_us"] if previous else None
         )
-    no_forward, first_layer, predict = rows[2], rows[3], rows[4]
+    no_forward, first_layer, predict = (
+        by_route[route] for route in ("_probe/no-forward", "_probe/first-layer", "predict")
+    )
     budget = {
         "target_ratio": TARGET_RATIO,
         "predict_machine_cpu_us_allowed": healthz["machine_cpu_us"] / TARGET_RATIO,
