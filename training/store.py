@@ -168,6 +168,16 @@ def format_ref(name: str, version: int) -> str:
     return f"{name}:{version}"
 
 
+def aliases_by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
+    """Alias -> version (as ``ModelStore.aliases`` returns) turned around: version -> its
+    aliases, sorted by name, e.g. ``{"production": 1, "canary": 1}`` -> ``{1: ["canary",
+    "production"]}``. Versions no alias names are absent."""
+    by_version: dict[int, list[str]] = {}
+    for alias, version in sorted(aliases.items()):
+        by_version.setdefault(version, []).append(alias)
+    return by_version
+
+
 def default_store_root(arg: str | os.PathLike | None = None) -> Path:
     """The store directory: ``arg`` if given, else ``$MODEL_STORE``, else ``./model_store``."""
     if arg:

@@ -16,6 +16,7 @@ from training.errors import ConvserveError
 from training.store import (
     ModelStore,
     StoreError,
+    aliases_by_version,
     default_store_root,
     format_ref,
     parse_ref,
@@ -133,13 +134,6 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 def format_accuracy(value) -> str:
     return "-" if not isinstance(value, int | float) else f"{100 * value:.2f}%"
-
-
-def aliases_by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
-    inverse: dict[int, list[str]] = {}
-    for alias, version in sorted(aliases.items()):
-        inverse.setdefault(version, []).append(alias)
-    return inverse
 
 
 def shorten(text, limit: int = 40) -> str:
