@@ -43,6 +43,7 @@ from training import __version__
 from training.bundle import Bundle, load_bundle_bytes
 from training.errors import BundleInvalid, ConvserveError
 from training.fileio import fsync_dir, write_atomically
+from training.probe import check_probe, probe_record
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 LATEST = "latest"  # reserved alias: always the highest version
@@ -257,6 +258,84 @@ def _os_errors_as_store_errors(action: str):
     return decorate
 
 
+def _check_publish_arguments(
+    name: str, alias: str | None, note: str | None, parent_version: int | None
+) -> None:
+    """Refuse bad publish arguments (InvalidName / StoreError) before anything is read."""
+    validate_name(name)
+    if alias is not None:
+        validate_alias(alias)
+    if parent_version is not None:
+        validate_version(parent_version)
+    if note is not None:
+        if not isinstance(note, str):
+            raise StoreError(f"note must be a string, got {type(note).__name__}")
+        if len(note) > MAX_NOTE_CHARS:
+            raise StoreError(f"note is {len(note)} characters; at most {MAX_NOTE_CHARS}")
+
+
+def _read_bundle_file(source: Path) -> bytes:
+    """The bytes of the bundle to publish; BundleInvalid if it cannot be read."""
+    try:
+        return source.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise BundleInvalid(f"{source}: no such bundle file") from None
+    except OSError as exc:
+        raise BundleInvalid(f"{source}: cannot read ({exc.strerror})") from None
+
+
+class _AliasesReplacement:
+    """A new aliases.json made ready before a publish shows its version, so that the alias
+    move cannot fail for lack of space afterwards (the version would be listed without it).
+
+    ``prepare`` writes and fsyncs the new document to a temporary file beside aliases.json and
+    hard-links the old one aside (a link needs no data blocks); ``commit`` is one
+    ``os.replace``; ``roll_back`` puts the old file back; ``discard`` removes what is left.
+    Both temporary names match ``.aliases.json.*.tmp``, which the next writer sweeps away if
+    the publisher was killed.
+    """
+
+    def __init__(self, path: Path, new_file: Path, old_link: Path | None):
+        self.path = path
+        self.new_file = new_file
+        self.old_link = old_link
+        self.committed = False
+
+    @classmethod
+    def prepare(cls, path: Path, document: dict) -> _AliasesReplacement:
+        new_file = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+        old_link = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            _write_file_durably(new_file, _json_bytes(document))
+            os.chmod(new_file, 0o644)  # the service may run as another user
+            try:
+                os.link(path, old_link)
+            except FileNotFoundError:
+                old_link = None  # the model's first alias: rolling back removes the file
+        except BaseException:
+            new_file.unlink(missing_ok=True)
+            raise
+        return cls(path, new_file, old_link)
+
+    def commit(self) -> None:
+        os.replace(self.new_file, self.path)
+        self.committed = True
+
+    def roll_back(self) -> None:
+        if not self.committed:
+            return
+        if self.old_link is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            os.replace(self.old_link, self.path)
+        self.committed = False
+
+    def discard(self) -> None:
+        self.new_file.unlink(missing_ok=True)
+        if self.old_link is not None:
+            self.old_link.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------- the store
 
 
@@ -453,11 +532,15 @@ class ModelStore:
         return data, manifest
 
     def load(self, name: str, version: int) -> Bundle:
-        """Load one version, verified: size and sha256 against the manifest, then the bundle's
-        own validation. Any failure is a BundleInvalid whose message starts ``name:version:``;
-        other versions are unaffected."""
-        data, _ = self.read_verified_bytes(name, version)
-        bundle = load_bundle_bytes(data, label=format_ref(name, version))
+        """Load one version, verified: size and sha256 against the manifest, the bundle's own
+        validation, then the probe (``training.probe``): non-finite outputs on the probe digits,
+        or a probe accuracy below the floor its manifest records, are refused. Any failure is
+        a BundleInvalid whose message starts ``name:version:``; other versions are
+        unaffected."""
+        data, manifest = self.read_verified_bytes(name, version)
+        label = format_ref(name, version)
+        bundle = load_bundle_bytes(data, label=label)
+        check_probe(bundle, label, manifest.get("probe"))
         bundle.path = self.bundle_path(name, version)
         return bundle
 
@@ -550,39 +633,25 @@ class ModelStore:
     ) -> int:
         """Add a bundle as the model's next version and return that version number.
 
-        The bundle is read once and validated before the store is touched. Its bytes go to a
-        staging directory on the same filesystem, the version number is taken under the
-        model's lock and the staging directory is renamed into place: concurrent publishers
-        get distinct versions and readers never see a partial version. With ``alias``, the
-        alias moves to the new version through the same regression gate as ``promote``
-        (unless ``force``); if the gate refuses, nothing is published.
+        The bundle is read once, validated and run on the probe set (``training.probe``:
+        non-finite outputs are refused, ``force`` or not) before the store is touched; the
+        probe accuracy and its floor go into the manifest. Its bytes go to a staging directory
+        on the same filesystem, the version number is taken under the model's lock and the
+        staging directory is renamed into place: concurrent publishers get distinct versions
+        and readers never see a partial version. With ``alias``, the alias moves to the new
+        version through the same regression gate as ``promote`` (unless ``force``), all or
+        nothing: if the gate refuses or any write fails (a full disk), nothing is published
+        and the aliases stay as they were.
         """
-        validate_name(name)
-        if alias is not None:
-            validate_alias(alias)
-        if parent_version is not None:
-            validate_version(parent_version)
-        if note is not None:
-            if not isinstance(note, str):
-                raise StoreError(f"note must be a string, got {type(note).__name__}")
-            if len(note) > MAX_NOTE_CHARS:
-                raise StoreError(f"note is {len(note)} characters; at most {MAX_NOTE_CHARS}")
+        _check_publish_arguments(name, alias, note, parent_version)
         source = Path(bundle_path)
-        try:
-            data = source.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise BundleInvalid(f"{source}: no such bundle file") from None
-        except OSError as exc:
-            raise BundleInvalid(f"{source}: cannot read ({exc.strerror})") from None
+        data = _read_bundle_file(source)
         bundle = load_bundle_bytes(data, label=str(source))
+        probe = check_probe(bundle, f"not publishing {source.name} as {name}")
         summary = self._manifest_summary(bundle.metadata, str(source))
+        summary["probe"] = probe_record(probe)
 
-        with self._locked(name) as model_dir:
-            self._remove_leftovers(name)
-            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_dir))
-            # Held until the rename: tells cleaners this staging directory is alive.
-            staging_fd = os.open(staging, os.O_RDONLY)
-            fcntl.flock(staging_fd, fcntl.LOCK_EX)
+        staging, staging_fd = self._create_staging_dir(name)
         try:
             os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the service may be another user
             _write_file_durably(staging / BUNDLE_FILE, data)
@@ -601,26 +670,78 @@ class ModelStore:
                     "convserve_version": __version__,
                     **summary,
                 }
-                refusal = None
-                if alias is not None:
-                    current = self._read_aliases_document(name)["aliases"].get(alias)
-                    refusal = self._gate_refusal(name, manifest, alias, current)
-                    if refusal and not force:
-                        raise PromotionRefused(
-                            f"not publishing {name} with alias {alias}: {refusal}"
-                        )
+                forced = self._publish_gate(name, manifest, alias, force)
                 _write_file_durably(staging / MANIFEST_FILE, _json_bytes(manifest))
                 fsync_dir(staging)
-                os.rename(staging, model_dir / str(version))
-                fsync_dir(model_dir)
-                if alias is not None:
-                    self._move_alias(name, alias, version, "publish", forced=bool(refusal))
+                self._install_version(name, staging, version, alias, forced)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # gone already if the rename happened
             raise
         finally:
             os.close(staging_fd)
         return version
+
+    def _create_staging_dir(self, name: str) -> tuple[Path, int]:
+        """A fresh ``.staging-*`` directory in the model's directory (sweeping dead ones
+        first), and a descriptor holding its flock: held until the rename, it tells cleaners
+        this staging directory is alive."""
+        with self._locked(name) as model_dir:
+            self._remove_leftovers(name)
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_dir))
+            staging_fd = os.open(staging, os.O_RDONLY)
+            fcntl.flock(staging_fd, fcntl.LOCK_EX)
+        return staging, staging_fd
+
+    def _publish_gate(self, name: str, manifest: dict, alias: str | None, force: bool) -> bool:
+        """Under the lock: the regression gate for publishing with ``alias``. Raises
+        PromotionRefused unless ``force``; returns True when ``force`` overrode a refusal."""
+        if alias is None:
+            return False
+        current = self._read_aliases_document(name)["aliases"].get(alias)
+        refusal = self._gate_refusal(name, manifest, alias, current)
+        if refusal and not force:
+            raise PromotionRefused(f"not publishing {name} with alias {alias}: {refusal}")
+        return bool(refusal)
+
+    def _install_version(
+        self, name: str, staging: Path, version: int, alias: str | None, forced: bool
+    ) -> None:
+        """Under the lock: rename ``staging`` to ``<version>/`` and, with ``alias``, point it
+        there: both or neither.
+
+        Everything that needs disk space happens first: the new aliases.json is written and
+        fsynced to a temporary file, the old one hard-linked aside. Then the version is
+        renamed into place, aliases.json replaced, the directory fsynced. If any of these
+        fails, the steps already done are undone (the version renamed back to ``staging``,
+        the old aliases.json put back) and the error is raised: nothing is published.
+        """
+        model_dir = self._model_dir(name)
+        target = model_dir / str(version)
+        replacement = None
+        if alias is not None:
+            document, _ = self._moved_aliases_document(name, alias, version, "publish", forced)
+            replacement = _AliasesReplacement.prepare(model_dir / ALIASES_FILE, document)
+        renamed = False
+        try:
+            os.rename(staging, target)
+            renamed = True
+            if replacement is not None:
+                replacement.commit()
+            fsync_dir(model_dir)
+        except BaseException:
+            # Best effort, each step on its own: the first error is the one to report.
+            if replacement is not None:
+                with contextlib.suppress(OSError):
+                    replacement.roll_back()
+            if renamed:
+                with contextlib.suppress(OSError):
+                    os.rename(target, staging)  # the caller removes staging
+            with contextlib.suppress(OSError):
+                fsync_dir(model_dir)
+            raise
+        finally:
+            if replacement is not None:
+                replacement.discard()
 
     @staticmethod
     def _manifest_summary(metadata: dict, label: str) -> dict:
@@ -688,11 +809,12 @@ class ModelStore:
             )
         return None
 
-    def _move_alias(
-        self, name: str, alias: str, version: int, action: str, *, forced: bool = False
-    ) -> int | None:
-        """Under the lock: point ``alias`` at ``version``, append to its history, write
-        aliases.json atomically. Returns the previous version (None if the alias is new)."""
+    def _moved_aliases_document(
+        self, name: str, alias: str, version: int, action: str, forced: bool
+    ) -> tuple[dict, int | None]:
+        """Under the lock: the aliases document with ``alias`` pointing at ``version`` and the
+        move appended to its history (not written), and the previous version (None if the
+        alias is new)."""
         document = self._read_aliases_document(name)
         previous = document["aliases"].get(alias)
         document["aliases"][alias] = version
@@ -700,6 +822,14 @@ class ModelStore:
         if forced:
             entry["forced"] = True
         document["history"].setdefault(alias, []).append(entry)
+        return document, previous
+
+    def _move_alias(
+        self, name: str, alias: str, version: int, action: str, *, forced: bool = False
+    ) -> int | None:
+        """Under the lock: point ``alias`` at ``version``, append to its history, write
+        aliases.json atomically. Returns the previous version (None if the alias is new)."""
+        document, previous = self._moved_aliases_document(name, alias, version, action, forced)
         self._write_aliases_document(name, document)
         return previous
 
