@@ -10,6 +10,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY training/ training/
 COPY service/ service/
+COPY convserve/ convserve/
 # All wheels land in /wheels so the runtime stage installs offline, from exactly these files.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

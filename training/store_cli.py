@@ -2,7 +2,7 @@
 the versioned store (``training.store``).
 
 Every action takes ``--store DIR`` (default ``$MODEL_STORE``, else ``./model_store``) and
-``--json``. Errors are ``ConvserveError``s: ``training.cli`` prints them and exits 2.
+``--json``. Errors are ``ConvserveError``s: ``convserve.cli`` prints them and exits 2.
 ``models verify`` exits 1 when it finds problems.
 """
 

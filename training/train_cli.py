@@ -19,27 +19,24 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
-import numpy as np
-
-from training.bundle import build_metadata, load_bundle, save_bundle
-from training.data import (
-    limit_dataset,
-    load_mnist,
-    parse_classes,
-    resolve_data_dir,
-    select_classes,
-    split_validation,
-)
-from training.fileio import write_atomically
+from training.bundle import load_bundle
+from training.data import load_mnist, parse_classes, resolve_data_dir, select_classes
 from training.network import PRESETS, Network, preset
 from training.optimizers import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SCHEDULES
-from training.trainer import TrainConfig, TrainingConfigError, evaluate, train
+from training.recipe import (
+    ShortRunWarning,
+    curves_paths,
+    publish_trained,
+    save_curves,
+    save_trained_bundle,
+    train_and_evaluate,
+)
+from training.trainer import TrainConfig, TrainingConfigError, evaluate
 
 DEFAULTS = TrainConfig()
-# Fewer optimizer steps than this and a run warns that its bundle will be poor.
-FEW_STEPS = 100
 
 
 # --------------------------------------------------------------------------- argument types
@@ -288,11 +285,6 @@ def _check_publish(args: argparse.Namespace):
     return ModelStore(default_store_root(args.store))
 
 
-def curves_paths(out: Path) -> tuple[Path, Path]:
-    """``runs/model.npz`` -> (``runs/model.curves.json``, ``runs/model.curves.png``)."""
-    return out.with_name(out.stem + ".curves.json"), out.with_name(out.stem + ".curves.png")
-
-
 def plot_curves(history: list[dict], path: Path) -> bool:
     """Loss and accuracy per epoch as a PNG; False (and nothing written) without matplotlib."""
     try:
@@ -338,11 +330,8 @@ def format_per_class(per_class: list, class_labels: list) -> str:
     return "  ".join(cells)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    # Everything the user typed is checked before the data is read or a step is taken.
-    classes = parse_classes(args.classes)
-    spec = architecture_spec(args.arch, classes, args.hidden)
-    class_labels = classes if classes is not None else list(range(10))
+def _train_config(args: argparse.Namespace, classes: list[int] | None) -> TrainConfig:
+    """The recipe from the options, checked (TrainingConfigError names the first bad one)."""
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -354,90 +343,48 @@ def run_train(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         shift=args.shift,
         patience=args.patience,
-        class_labels=class_labels,
+        class_labels=classes,
     )
     config.validate()
+    return config
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: one ``warning: ...`` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    # Everything the user typed is checked before the data is read or a step is taken.
+    classes = parse_classes(args.classes)
+    spec = architecture_spec(args.arch, classes, args.hidden)
+    config = _train_config(args, classes)
     out = _output_path(args, spec)
     store = _check_publish(args)
 
     data = load_mnist(resolve_data_dir(args.data_dir))
-    # Independent streams: the split, the initial weights and the training order each come
-    # from their own child of the seed, so changing one setting does not reshuffle the others.
-    split_rng, init_rng, train_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(args.seed).spawn(3)
-    )
-    train_ds, val_ds = split_validation(
-        select_classes(data.train, classes), args.val_size, split_rng
-    )
-    train_ds = limit_dataset(train_ds, args.limit, split_rng)
-    test_ds = select_classes(data.test, classes)
-    network = Network(spec, dtype=np.dtype(args.dtype), rng=init_rng)
-    if not args.quiet:
-        print(
-            f"training {spec.get('name', 'custom')} on {len(train_ds)} images "
-            f"(validation {len(val_ds)}, test {len(test_ds)}), classes {class_labels}",
-            file=sys.stderr,
+    with warnings.catch_warnings():
+        # A short run still finishes, but says so even with --quiet, as it happens.
+        warnings.simplefilter("always", ShortRunWarning)
+        warnings.showwarning = _print_warning
+        trained = train_and_evaluate(
+            data,
+            spec,
+            config,
+            seed=args.seed,
+            val_size=args.val_size,
+            limit=args.limit,
+            dtype=args.dtype,
+            progress=not args.quiet,
+            arch=args.arch,
         )
-    steps = config.epochs * config.steps_per_epoch(len(train_ds))
-    if steps < FEW_STEPS:
-        # Even with --quiet: the run will finish, but the bundle will be poor (measured on
-        # MNIST with the default recipe: 30 steps 23 %, 60 steps 84 %, 90 steps 95 % test).
-        epochs = f"{config.epochs} epoch{'s' if config.epochs > 1 else ''}"
-        print(
-            f"warning: this run makes only {steps} optimizer steps ({len(train_ds)} images in "
-            f"batches of {config.batch_size}, {epochs}); the network needs about {FEW_STEPS} "
-            "to learn: add --epochs or images",
-            file=sys.stderr,
-        )
-    result = train(network, train_ds, val_ds, config, train_rng, progress=not args.quiet)
-    test = evaluate(network, test_ds, contract=result.contract, class_labels=class_labels)
+    save_trained_bundle(trained, out)
+    json_path = save_curves(trained, out)
+    png_path = curves_paths(out)[1]
+    plotted = plot_curves(trained.history, png_path)
 
-    metrics = {
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "test_errors": test["errors"],
-        "test_images": test["count"],
-        "val_accuracy": result.val_accuracy,
-        "val_loss": result.val_loss,
-        "per_class_accuracy": test["per_class_accuracy"],
-        "confusion_matrix": test["confusion_matrix"],
-    }
-    training = {
-        "preset": spec.get("name", "custom"),
-        "arch": args.arch,
-        **{k: v for k, v in config.to_dict().items() if k != "class_labels"},
-        "augmentation": {"shift": config.shift},
-        "seed": args.seed,
-        "classes": class_labels,
-        "val_size": len(val_ds),
-        "limit": args.limit,
-        "dtype": args.dtype,
-        "train_images": len(train_ds),
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-        "seconds": round(result.seconds, 1),
-    }
-    metadata = build_metadata(
-        network,
-        contract=result.contract,
-        class_labels=class_labels,
-        training=training,
-        metrics=metrics,
-        data_fingerprint=data.fingerprint,
-        history=result.history,
-    )
-    save_bundle(out, network, metadata)
-    json_path, png_path = curves_paths(out)
-    curves = {
-        "bundle": out.name,
-        "best_epoch": result.best_epoch,
-        "history": result.history,
-        "test_accuracy": test["accuracy"],
-    }
-    write_atomically(json_path, (json.dumps(curves, indent=2) + "\n").encode())
-    plotted = plot_curves(result.history, png_path)
-
+    test, result = trained.test, trained.result
+    class_labels = test["class_labels"]
     print(
         f"test accuracy {100 * test['accuracy']:.2f}% ({test['errors']} errors in "
         f"{test['count']} images), test loss {test['loss']:.4f}; best epoch {result.best_epoch} "
@@ -447,18 +394,25 @@ def run_train(args: argparse.Namespace) -> int:
     print(format_confusion(test["confusion_matrix"], class_labels))
     print(f"wrote {out} and {json_path}" + (f" and {png_path}" if plotted else ""))
     if store is not None:
-        from training.store import StoreError
-
-        try:
-            version = store.publish(out, args.name, alias=args.alias, note=args.note)
-        except StoreError as exc:
-            # The bundle is already written: say where, so the run is not lost.
-            raise type(exc)(
-                f"{exc}; the bundle is kept at {out} (publish it with `convserve models publish`)"
-            ) from None
-        alias = f" (alias {args.alias})" if args.alias else ""
-        print(f"published {args.name}:{version}{alias} to {store.root}")
+        _publish(trained, store, args, out)
     return 0
+
+
+def _publish(trained, store, args: argparse.Namespace, out: Path) -> None:
+    """Publish the bundle written at ``out`` and say so; a refusal keeps the bundle."""
+    from training.store import StoreError
+
+    try:
+        version = publish_trained(
+            trained, store, args.name, alias=args.alias, note=args.note, bundle_path=out
+        )
+    except StoreError as exc:
+        # The bundle is already written: say where, so the run is not lost.
+        raise type(exc)(
+            f"{exc}; the bundle is kept at {out} (publish it with `convserve models publish`)"
+        ) from None
+    alias = f" (alias {args.alias})" if args.alias else ""
+    print(f"published {args.name}:{version}{alias} to {store.root}")
 
 
 # --------------------------------------------------------------------------- evaluate

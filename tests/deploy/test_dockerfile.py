@@ -134,7 +134,8 @@ def test_dockerignore_keeps_out_everything_but_what_is_copied():
     for kept_in in (
         "pyproject.toml",
         "README.md",
-        "training/cli.py",
+        "convserve/cli.py",
+        "training/train_cli.py",
         "service/gunicorn.conf.py",
         "service/static/index.html",
         "model_store/mnist/1/model.npz",
@@ -184,13 +185,13 @@ def test_builder_stage_makes_a_wheel_with_the_service_conf(tmp_path):
     required.update(
         relative
         for relative in DockerIgnore().context_files()
-        if relative.startswith(("service/", "training/"))
+        if relative.startswith(("service/", "training/", "convserve/"))
         and (relative.endswith(".py") or relative.startswith("service/static/"))
     )
     missing = sorted(required - names)
     assert not missing, f"missing from {wheel.name}: {missing}"
     entry_points = zipfile.ZipFile(wheel).read(f"convserve-{version}.dist-info/entry_points.txt")
-    assert b"convserve = training.cli:main" in entry_points
+    assert b"convserve = convserve.cli:main" in entry_points
 
 
 def imported_top_level_modules(package_dir: Path) -> set[str]:
@@ -231,7 +232,7 @@ def test_every_third_party_import_is_a_declared_dependency():
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             requirements.extend(importlib.metadata.requires(name) or [])
     providers = importlib.metadata.packages_distributions()
-    first_party = {"training", "service"}
+    first_party = {"training", "service", "convserve"}
     missing = {}
     for package in first_party:
         for module in imported_top_level_modules(REPO / package):

@@ -16,9 +16,9 @@ from flask import Flask, jsonify, request
 from PIL import Image
 from werkzeug.serving import make_server
 
+from convserve.cli import main
 from service import client as client_module
 from service.client import Client, ClientError
-from training.cli import main
 from training.errors import ConvserveError
 
 

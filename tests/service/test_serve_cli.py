@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from convserve.cli import build_parser
 from service import serve_cli
-from training.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 

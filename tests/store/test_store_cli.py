@@ -9,7 +9,7 @@ import pytest
 from conftest import make_bundle
 from store_testlib import REPO
 
-from training.cli import main
+from convserve.cli import main
 from training.store import ModelStore
 
 
@@ -220,7 +220,7 @@ def test_bad_arguments_are_usage_errors(run):
 def test_the_installed_entry_point_reports_errors_without_a_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "training.cli", "models", "show", "mnist", "--store", str(tmp_path)],
+        [sys.executable, "-m", "convserve", "models", "show", "mnist", "--store", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,

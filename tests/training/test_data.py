@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, TINY_MNIST_SIZES, find_mnist_dir, synthetic_digits, write_idx
 
-from training.cli import main
+from convserve.cli import main
 from training.data import (
     Dataset,
     fingerprint_files,
@@ -460,7 +460,7 @@ def test_cli_data_info_corrupt_file_no_traceback(mnist_copy):
     path = mnist_copy / "train-images-idx3-ubyte.gz"
     path.write_bytes(b"not gzip, not idx")
     result = subprocess.run(
-        [sys.executable, "-m", "training.cli", "data", "info", "--data-dir", str(mnist_copy)],
+        [sys.executable, "-m", "convserve", "data", "info", "--data-dir", str(mnist_copy)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -255,7 +255,7 @@ def test_builtin_checksums_match_the_real_files():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "training.cli", "data", "download", *args],
+        [sys.executable, "-m", "convserve", "data", "download", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -304,7 +304,7 @@ def test_cli_download_default_dir_comes_from_mnist_dir_env(server, tmp_path, tin
     env_dir = tmp_path / "env-mnist"
     mirror = server.mirror("tiny", tiny_files)
     result = subprocess.run(
-        [sys.executable, "-m", "training.cli", "data", "download", "--mirror", mirror],
+        [sys.executable, "-m", "convserve", "data", "download", "--mirror", mirror],
         cwd=REPO,
         capture_output=True,
         text=True,

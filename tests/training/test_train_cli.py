@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training.bundle import load_bundle
-from training.cli import main
+from convserve.cli import main
 
 # A couple of seconds at most: the mlp, a few hundred images, few epochs.
 FAST = ["--arch", "mlp", "--val-size", "100", "--epochs", "3", "--shift", "0", "--quiet"]
