@@ -13,7 +13,7 @@ import pytest
 from conftest import make_bundle
 
 from service.app import create_app
-from service.ui import confusion_matrix_svg, learning_curve_svg
+from service.charts import confusion_matrix, learning_curve
 from training.store import ModelStore
 
 STATIC = Path(__file__).resolve().parents[2] / "service" / "static"
@@ -251,13 +251,54 @@ def test_models_view_of_an_empty_store(tmp_path):
     assert "holds no model yet" in response.get_data(as_text=True)
 
 
-# ---------------------------------------------------------------------------------- SVG
+def svg_element(text: str, element_id: str) -> str:
+    """The markup of the ``<svg id=element_id>`` element in a page."""
+    found = re.search(rf'<svg [^>]*id="{re.escape(element_id)}".*?</svg>', text, re.DOTALL)
+    assert found, f"no svg {element_id}"
+    return found.group(0)
 
 
-def _points(svg: str, series: str) -> list[tuple[float, float]]:
-    found = re.search(rf'<polyline class="line-{series}"[^>]*points="([^"]*)"', svg)
-    assert found, f"no {series} line"
-    return [tuple(map(float, pair.split(","))) for pair in found.group(1).split()]
+def test_models_view_draws_every_epoch_and_every_cell(client):
+    text = get(client, "/ui/models").get_data(as_text=True)
+    for chart in ("mnist-v1-acc", "mnist-v1-loss"):
+        svg = svg_element(text, chart)
+        assert svg.count('<circle class="dot-train"') == 3  # the history has three epochs
+        assert svg.count('<circle class="dot-val"') == 3
+        assert len(re.findall(r"<polyline ", svg)) == 2
+    matrix = svg_element(text, "mnist-v1-cm")
+    assert matrix.count('<rect class="cell"') == 100
+    assert "<caption>Confusion matrix, mnist version 1: rows are the true class" in text
+    table = re.search(r"<caption>Confusion matrix, mnist version 1.*?</table>", text, re.DOTALL)
+    assert table and table.group(0).count("<tr>") == 11  # the header and ten classes
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def test_models_view_escapes_hostile_text_in_every_place_a_manifest_reaches(client, store):
+    """Class labels reach the charts' texts and tooltips and the table; settings, data file
+    names and the architecture reach the facts: none of them may become markup."""
+    path = store.root / "mnist" / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["class_labels"] = [f"{HOSTILE}{index}" for index in range(10)]
+    manifest["architecture"] = HOSTILE
+    manifest["training"][HOSTILE] = {"nested": HOSTILE}
+    manifest["data_fingerprint"] = {HOSTILE: {"sha256": HOSTILE, "size": 3}}
+    path.write_text(json.dumps(manifest))
+    text = get(client, "/ui/models").get_data(as_text=True)
+    assert "<img" not in text
+    escaped = "&lt;img src=x onerror=alert(1)&gt;"
+    assert f"{escaped}3, predicted {escaped}5: 7" in svg_element(text, "mnist-v1-cm")
+    assert f'<th scope="row">{escaped}9</th>' in text
+    assert f"nested={escaped}" in text
+    assert [attrs["id"] for attrs in Elements(text).all("svg")][:3] == [
+        "mnist-v1-acc",
+        "mnist-v1-loss",
+        "mnist-v1-cm",
+    ], "the charts are still drawn"
+
+
+# ---------------------------------------------------------------------------------- charts
 
 
 def test_learning_curve_plots_each_epoch_and_skips_missing_values():
@@ -267,23 +308,27 @@ def test_learning_curve_plots_each_epoch_and_skips_missing_values():
         {"epoch": 3, "train_accuracy": 0.9, "val_accuracy": float("nan")},
         {"epoch": 4, "train_accuracy": 0.95, "val_accuracy": 0.9},
     ]
-    svg = learning_curve_svg(history, "accuracy", "c", "m version 1")
-    train, val = _points(svg, "train"), _points(svg, "val")
-    assert len(train) == 4 and len(val) == 2
-    xs = [x for x, _ in train]
-    ys = [y for _, y in train]
+    curve = learning_curve(history, "accuracy", "c", "m version 1")
+    train, val = curve.series
+    assert (train.split, val.split) == ("train", "val")
+    assert len(train.dots) == 4 and len(val.dots) == 2
+    xs = [dot.x for dot in train.dots]
+    ys = [dot.y for dot in train.dots]
     assert xs == sorted(xs) and len(set(xs)) == 4
     assert ys == sorted(ys, reverse=True), "higher accuracy is drawn higher (smaller y)"
-    assert svg.count("<circle") == 6
-    assert "epoch 4: validation accuracy 90.00%" in svg
-    assert '<title id="c-title">' in svg and 'aria-labelledby="c-title c-desc"' in svg
+    assert curve.left <= min(xs) and max(xs) <= curve.right
+    assert curve.top <= min(ys) and max(ys) <= curve.bottom
+    assert val.dots[-1].tooltip == "epoch 4: validation accuracy 90.00%"
+    assert curve.title == "Learning curve: accuracy per epoch, m version 1"
+    assert curve.y_ticks[-1].label == "100%", "an accuracy axis ends at 100%"
 
 
 def test_learning_curve_of_one_epoch_and_of_none():
-    one = learning_curve_svg([{"epoch": 1, "train_loss": 0.3}], "loss", "x", "m")
-    assert len(_points(one, "train")) == 1
-    assert learning_curve_svg([], "loss", "y", "m") == ""
-    assert learning_curve_svg([{"epoch": 1, "train_loss": None}], "loss", "y", "m") == ""
+    one = learning_curve([{"epoch": 1, "train_loss": 0.3}], "loss", "x", "m")
+    assert [len(series.dots) for series in one.series] == [1]
+    assert learning_curve([], "loss", "y", "m") is None
+    assert learning_curve([{"epoch": 1, "train_loss": None}], "loss", "y", "m") is None
+    assert learning_curve("not a list", "loss", "y", "m") is None
 
 
 @pytest.mark.parametrize(
@@ -291,19 +336,20 @@ def test_learning_curve_of_one_epoch_and_of_none():
     [None, [], [[1, 2], [3]], [[1, "x"], [0, 1]], [[1, -1], [0, 1]], "nope", [[float("inf")]]],
 )
 def test_confusion_matrix_refuses_malformed_matrices(matrix):
-    assert confusion_matrix_svg(matrix, None, "cm", "m") == ""
+    assert confusion_matrix(matrix, None, "cm", "m") is None
 
 
 def test_confusion_matrix_shades_by_row_share_and_names_the_worst_mistake():
     matrix = [[8, 2, 0], [0, 10, 0], [1, 0, 9]]
-    svg = confusion_matrix_svg(matrix, ["a", "b", "c"], "cm", "m")
-    opacities = [float(v) for v in re.findall(r'fill-opacity="([0-9.]+)"', svg)]
+    chart = confusion_matrix(matrix, ["a", "b", "c"], "cm", "m")
+    opacities = [cell.opacity for cell in chart.cells]
     assert len(opacities) == 9
     assert opacities[4] == pytest.approx(1.0)  # b -> b, the whole row
     assert opacities[2] == 0.0  # a -> c never happens
     assert opacities[0] > opacities[1] > 0
-    assert "true a predicted as b (2 times)" in svg
-    assert "true c, predicted a: 1 (10.0% of true c)" in svg
+    assert "true a predicted as b (2 times)" in chart.description
+    assert chart.cells[6].tooltip == "true c, predicted a: 1 (10.0% of true c)"
+    assert chart.counts == [["8", "2", "0"], ["0", "10", "0"], ["1", "0", "9"]]
 
 
 def test_manifest_history_reaches_the_json_api_too(client):
