@@ -64,7 +64,9 @@ def register(subparsers) -> None:
         "--parent-version", type=int, help="the version this one was trained or derived from"
     )
     parser.add_argument(
-        "--force", action="store_true", help="set --alias even if test accuracy is lower"
+        "--force",
+        action="store_true",
+        help="set --alias even if test accuracy is lower (never publishes non-finite outputs)",
     )
     parser.set_defaults(func=publish_model)
 
@@ -75,7 +77,9 @@ def register(subparsers) -> None:
     parser.add_argument("version", metavar="VERSION", type=int)
     parser.add_argument("--alias", required=True, help="e.g. production")
     parser.add_argument(
-        "--force", action="store_true", help="promote even if test accuracy is lower"
+        "--force",
+        action="store_true",
+        help="promote even if test accuracy is lower (never a version that fails the probe)",
     )
     parser.set_defaults(func=promote_model)
 
@@ -134,6 +138,19 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 def format_accuracy(value) -> str:
     return "-" if not isinstance(value, int | float) else f"{100 * value:.2f}%"
+
+
+def describe_probe(record) -> str:
+    """The manifest's probe entry in words: accuracy on the probe digits and its floor."""
+    if not isinstance(record, dict):
+        return "- (published before the probe: outputs checked for finiteness on load)"
+    accuracy, floor = record.get("accuracy"), record.get("floor")
+    if accuracy is None:
+        return f"no probe digit is one of its classes ({record.get('images')} checked finite)"
+    return (
+        f"{format_accuracy(accuracy)} of {record.get('scored')} real digits "
+        f"(loads refused below {format_accuracy(floor)})"
+    )
 
 
 def shorten(text, limit: int = 40) -> str:
@@ -214,6 +231,7 @@ def show_model(args) -> int:
         ("sha256", manifest["sha256"]),
         ("test accuracy", format_accuracy(metrics.get("test_accuracy"))),
         ("val accuracy", format_accuracy(metrics.get("val_accuracy"))),
+        ("probe", describe_probe(manifest.get("probe"))),
         ("training", " ".join(f"{k}={v}" for k, v in sorted(training.items())) or "-"),
     ]
     print(format_ref(name, version))
