@@ -141,6 +141,53 @@ def _series_points(history: list, split: str, metric: str) -> list[tuple[float, 
     return points
 
 
+@dataclass(frozen=True)
+class _CurveScale:
+    """Maps epochs (``first``..``last``) and values (``low``..``high``) onto the plot area,
+    in unrounded SVG units; higher values are drawn higher (smaller y)."""
+
+    first: float
+    last: float
+    low: float
+    high: float
+
+    def x(self, epoch: float) -> float:
+        if self.last == self.first:
+            return (CURVE_LEFT + CURVE_RIGHT) / 2
+        share = (epoch - self.first) / (self.last - self.first)
+        return CURVE_LEFT + share * (CURVE_RIGHT - CURVE_LEFT)
+
+    def y(self, value: float) -> float:
+        share = (value - self.low) / (self.high - self.low)
+        return CURVE_BOTTOM - share * (CURVE_BOTTOM - CURVE_TOP)
+
+
+def _curve_series(found, scale: _CurveScale, metric: str) -> tuple[list[Series], list[str]]:
+    """The drawable series of ``found`` ((split, name, points) per split), and per series a
+    sentence saying where it starts and ends, for the chart's description."""
+    series, described = [], []
+    for split, name, points in found:
+        if not points:
+            continue
+        dots = [
+            Dot(
+                _coordinate(scale.x(epoch)),
+                _coordinate(scale.y(value)),
+                f"epoch {epoch:g}: {name} {metric} {_value_text(value, metric)}",
+            )
+            for epoch, value in points
+        ]
+        coordinates = " ".join(f"{dot.x},{dot.y}" for dot in dots)
+        legend_x = CURVE_LEFT + LEGEND_SPACING * len(series)
+        series.append(Series(split, name, split == "val", legend_x, coordinates, dots))
+        (e0, v0), (e1, v1) = points[0], points[-1]
+        described.append(
+            f"{name} {metric} from {_value_text(v0, metric)} at epoch {e0:g} to "
+            f"{_value_text(v1, metric)} at epoch {e1:g}"
+        )
+    return series, described
+
+
 def learning_curve(history, metric: str, element_id: str, label: str) -> LearningCurve | None:
     """Train and validation ``metric`` ("accuracy" or "loss") per epoch of a manifest's
     ``history`` (a list of ``{"epoch", "train_<metric>", "val_<metric>", ...}``), laid out
@@ -151,59 +198,30 @@ def learning_curve(history, metric: str, element_id: str, label: str) -> Learnin
     if not all_points:
         return None
     epochs = sorted({epoch for epoch, _ in all_points})
-    first, last = epochs[0], epochs[-1]
     low, high, step = axis_range([value for _, value in all_points], metric)
-    left, right, top, bottom = CURVE_LEFT, CURVE_RIGHT, CURVE_TOP, CURVE_BOTTOM
-
-    def x_of(epoch: float) -> float:
-        if last == first:
-            return (left + right) / 2
-        return left + (epoch - first) / (last - first) * (right - left)
-
-    def y_of(value: float) -> float:
-        return bottom - (value - low) / (high - low) * (bottom - top)
-
+    scale = _CurveScale(epochs[0], epochs[-1], low, high)
     tick_values = [low + tick * step for tick in range(int(round((high - low) / step)) + 1)]
     # Value labels sit left of the axis, a third of a line below their grid line.
     y_ticks = [
-        Tick(_coordinate(y_of(v)), _coordinate(y_of(v) + 4), _tick_label(v, metric, step))
+        Tick(_coordinate(scale.y(v)), _coordinate(scale.y(v) + 4), _tick_label(v, metric, step))
         for v in tick_values
     ]
     every = max(1, math.ceil(len(epochs) / MAX_EPOCH_LABELS))
     x_ticks = [
-        Tick(_coordinate(x_of(epoch)), _coordinate(x_of(epoch)), f"{epoch:g}")
+        Tick(_coordinate(scale.x(epoch)), _coordinate(scale.x(epoch)), f"{epoch:g}")
         for epoch in epochs[::every]
     ]
-    series, described = [], []
-    for split, name, points in found:
-        if not points:
-            continue
-        dots = [
-            Dot(
-                _coordinate(x_of(e)),
-                _coordinate(y_of(v)),
-                f"epoch {e:g}: {name} {metric} {_value_text(v, metric)}",
-            )
-            for e, v in points
-        ]
-        coordinates = " ".join(f"{dot.x},{dot.y}" for dot in dots)
-        legend_x = left + LEGEND_SPACING * len(series)
-        series.append(Series(split, name, split == "val", legend_x, coordinates, dots))
-        (e0, v0), (e1, v1) = points[0], points[-1]
-        described.append(
-            f"{name} {metric} from {_value_text(v0, metric)} at epoch {e0:g} to "
-            f"{_value_text(v1, metric)} at epoch {e1:g}"
-        )
+    series, described = _curve_series(found, scale, metric)
     return LearningCurve(
         element_id=element_id,
         title=f"Learning curve: {metric} per epoch, {label}",
         description="; ".join(described) + ".",
         width=CURVE_WIDTH,
         height=CURVE_HEIGHT,
-        left=left,
-        right=right,
-        top=top,
-        bottom=bottom,
+        left=CURVE_LEFT,
+        right=CURVE_RIGHT,
+        top=CURVE_TOP,
+        bottom=CURVE_BOTTOM,
         y_ticks=y_ticks,
         x_ticks=x_ticks,
         series=series,
