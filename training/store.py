@@ -17,11 +17,19 @@ Why it is safe for a reader that takes no lock (the service polling for new vers
   filesystem, so a reader sees either no version or a whole one, even if the publisher is
   killed midway (TF Serving #1086 and Triton's POLL mode show what happens otherwise);
 * ``aliases.json`` is replaced whole with ``os.replace`` of an fsynced temporary file;
+* a publish with an alias writes the new ``aliases.json`` to its temporary file *before* the
+  version is renamed into place, and undoes the rename if anything after it fails, so a full
+  disk cannot leave a new version without its alias (all or nothing);
 * a delete renames the version to a dot-directory first, so it vanishes in one step.
 
 Writers (publish, promote, rollback, delete) serialise on ``fcntl.flock`` of ``<name>/.lock``.
 
-Importable by the service: depends on the standard library and ``training.bundle`` only.
+Every load (and so every promote, rollback and verify) and every publish also runs the model
+on a small probe set of real digits (``training.probe``): non-finite outputs are refused, and
+so is a probe accuracy below the floor recorded in the version's manifest at publish.
+
+Importable by the service: depends on the standard library, ``training.bundle`` and
+``training.probe`` only.
 """
 
 from __future__ import annotations
