@@ -28,11 +28,19 @@ from training.network import PRESETS, Network, preset
 from training.optimizers import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SCHEDULES
 from training.recipe import (
     ShortRunWarning,
+    TrainedModel,
     curves_paths,
     publish_trained,
     save_curves,
     save_trained_bundle,
     train_and_evaluate,
+)
+from training.store import (
+    ModelStore,
+    StoreError,
+    default_store_root,
+    validate_alias,
+    validate_name,
 )
 from training.trainer import TrainConfig, TrainingConfigError, evaluate
 
@@ -92,6 +100,29 @@ def register(subparsers) -> None:
             "tuned recipe for simpleconvnet."
         ),
     )
+    _add_data_arguments(p)
+    _add_recipe_arguments(p)
+    _add_run_arguments(p)
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser(
+        "evaluate",
+        help="measure a bundle on the MNIST test split",
+        description=(
+            "Accuracy, per-class accuracy and the confusion matrix of a bundle on the MNIST test "
+            "split, restricted to the bundle's class labels."
+        ),
+    )
+    e.add_argument("bundle", metavar="BUNDLE", help="a .npz bundle")
+    e.add_argument(
+        "--data-dir", metavar="DIR", help="MNIST directory (default: $MNIST_DIR or ./data/mnist)"
+    )
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.set_defaults(func=run_evaluate)
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """What to train on: the data, the architecture, the classes and the splits."""
     p.add_argument(
         "--data-dir", metavar="DIR", help="MNIST directory (default: $MNIST_DIR or ./data/mnist)"
     )
@@ -114,6 +145,10 @@ def register(subparsers) -> None:
     p.add_argument(
         "--limit", type=_positive_int, metavar="N", help="train on at most N images (quick runs)"
     )
+
+
+def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """How to train: epochs, batches, optimizer, schedule, augmentation, early stopping."""
     p.add_argument(
         "--epochs",
         type=_positive_int,
@@ -171,6 +206,10 @@ def register(subparsers) -> None:
         help="stop after N epochs without a better validation accuracy; 0: run all epochs "
         "(default: %(default)s); the best epoch's weights are kept either way",
     )
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The run itself: seed, dtype, mlp width, where the bundle goes, publishing, output."""
     p.add_argument(
         "--seed",
         type=_non_negative_int,
@@ -195,22 +234,6 @@ def register(subparsers) -> None:
     p.add_argument("--note", help="a note stored with the version (with --publish)")
     p.add_argument("--store", metavar="DIR", help="model store root (with --publish)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.set_defaults(func=run_train)
-
-    e = subparsers.add_parser(
-        "evaluate",
-        help="measure a bundle on the MNIST test split",
-        description=(
-            "Accuracy, per-class accuracy and the confusion matrix of a bundle on the MNIST test "
-            "split, restricted to the bundle's class labels."
-        ),
-    )
-    e.add_argument("bundle", metavar="BUNDLE", help="a .npz bundle")
-    e.add_argument(
-        "--data-dir", metavar="DIR", help="MNIST directory (default: $MNIST_DIR or ./data/mnist)"
-    )
-    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    e.set_defaults(func=run_evaluate)
 
 
 # --------------------------------------------------------------------------- train
@@ -268,7 +291,7 @@ def _output_path(args: argparse.Namespace, spec: dict) -> Path:
     return out
 
 
-def _check_publish(args: argparse.Namespace):
+def _check_publish(args: argparse.Namespace) -> ModelStore | None:
     """The store to publish to (or None without --publish), checked before training."""
     if not args.publish:
         for option in ("name", "alias", "note", "store"):
@@ -277,8 +300,6 @@ def _check_publish(args: argparse.Namespace):
         return None
     if not args.name:
         raise TrainingConfigError("--publish needs --name NAME")
-    from training.store import ModelStore, default_store_root, validate_alias, validate_name
-
     validate_name(args.name)
     if args.alias is not None:
         validate_alias(args.alias)
@@ -398,10 +419,8 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish(trained, store, args: argparse.Namespace, out: Path) -> None:
+def _publish(trained: TrainedModel, store: ModelStore, args: argparse.Namespace, out: Path) -> None:
     """Publish the bundle written at ``out`` and say so; a refusal keeps the bundle."""
-    from training.store import StoreError
-
     try:
         version = publish_trained(
             trained, store, args.name, alias=args.alias, note=args.note, bundle_path=out
