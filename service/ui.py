@@ -67,11 +67,11 @@ def models_view() -> Response:
 
 
 def _catalog() -> Catalog:
-    """The service's catalog of its store and predictor (``app.extensions["convserve"]``),
-    or of a store built from ``MODEL_STORE`` when the blueprint runs without the service."""
+    """The service's catalog (``app.extensions["convserve"].catalog``), or one of the store
+    at ``MODEL_STORE``, serving nothing, when the blueprint runs without the service."""
     state = current_app.extensions.get("convserve")
     if state is not None:
-        return Catalog(state.store, state.predictor)
+        return state.catalog
     return Catalog(ModelStore(current_app.config.get("MODEL_STORE") or "model_store"))
 
 
