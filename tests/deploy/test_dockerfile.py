@@ -180,13 +180,17 @@ def test_builder_stage_makes_a_wheel_with_the_service_conf(tmp_path):
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     (wheel,) = (tmp_path / "wheels").glob(f"convserve-{version}-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    # Every module, the conf and the web page's files (package data) must be in the wheel.
+    # Every module, the conf and the pages' files and templates (package data) must be in
+    # the wheel.
     required = {"service/gunicorn.conf.py", "service/app.py", "training/store.py"}
     required.update(
         relative
         for relative in DockerIgnore().context_files()
         if relative.startswith(("service/", "training/", "convserve/"))
-        and (relative.endswith(".py") or relative.startswith("service/static/"))
+        and (
+            relative.endswith(".py")
+            or relative.startswith(("service/static/", "service/templates/"))
+        )
     )
     missing = sorted(required - names)
     assert not missing, f"missing from {wheel.name}: {missing}"
