@@ -22,21 +22,21 @@ from __future__ import annotations
 from flask import Response, g, request
 
 from service.app import create_app as create_service_app
-from service.app import json_response, predictions_document, read_payload
-from service.body import read_body
-from service.predictor import Predictions
+from service.dataplane import Predictions
+from service.routes import predictions_document
+from service.web import json_response, read_body, read_payload
 from training.bundle import normalise
 
 
 def create_app(config: dict | None = None):
     app = create_service_app(config)
     state = app.extensions["convserve"]
-    predictor, metrics = state.predictor, state.metrics
+    dataplane, metrics = state.dataplane, state.metrics
     answers: dict[bytes, tuple[bytes, Predictions]] = {}  # body -> (/predict's answer, result)
 
     def answer_for(body: bytes, pixels) -> tuple[bytes, Predictions]:
         if body not in answers:
-            result = predictor.predict(predictor.model_for(), pixels)
+            result = dataplane.infer(dataplane.model(), pixels)
             document = predictions_document(result, pixels, explain=False)
             answers.clear()  # the benchmark sends one body; keep at most one
             answers[body] = (json_response(document).get_data(), result)
@@ -47,14 +47,14 @@ def create_app(config: dict | None = None):
         req = request._get_current_object()
         body = read_body(req, app.config["MAX_CONTENT_LENGTH"])
         if body not in answers:
-            answer_for(body, predictor.pixels_from("json", body))
+            answer_for(body, dataplane.pixels(dataplane.model(), "json", body))
         return Response(answers[body][0], mimetype="application/json")
 
     def without_forward(*, first_layer: bool):
         req = request._get_current_object()
+        model = dataplane.model()
         kind, payload = read_payload(req, app.config["MAX_CONTENT_LENGTH"])
-        pixels = predictor.pixels_from(kind, payload)
-        model = predictor.model_for()
+        pixels = dataplane.pixels(model, kind, payload)
         if first_layer:
             network = model.bundle.network
             network.steps[0].forward(

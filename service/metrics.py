@@ -24,6 +24,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.dataplane import InferenceHooks
 from service.predictor import ReloadHooks
 
 # Latency buckets around the targets (p99 <= 10 ms for one image) with room for batches.
@@ -52,8 +53,14 @@ def multiprocess_enabled() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
-class ServiceMetrics(ReloadHooks):
-    """The service's metrics and their exposition. Doubles as the predictor's reload hooks."""
+# Label values come from closed sets, so no client can grow the exposition: a request with a
+# method outside this set is counted as "other" (unknown paths share the route "<unmatched>").
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class ServiceMetrics(ReloadHooks, InferenceHooks):
+    """The service's metrics and their exposition. Doubles as the predictor's reload hooks and
+    the data plane's inference hooks."""
 
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
@@ -91,6 +98,12 @@ class ServiceMetrics(ReloadHooks):
             ["model", "outcome"],
             registry=self.registry,
         )
+        self.invalid_outputs = Counter(
+            "convserve_model_invalid_outputs_total",
+            "Requests refused because the model produced non-finite probabilities.",
+            ["model", "version"],
+            registry=self.registry,
+        )
         # Label children cached: .labels() costs a lock and a tuple build per call.
         self._request_children: dict[tuple, object] = {}
         self._latency_children: dict[str, object] = {}
@@ -98,6 +111,8 @@ class ServiceMetrics(ReloadHooks):
 
     # ------------------------------------------------------------------ hot path
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        if method not in KNOWN_METHODS:
+            method = "other"
         key = (route, method, status)
         counter = self._request_children.get(key)
         if counter is None:
@@ -124,6 +139,9 @@ class ServiceMetrics(ReloadHooks):
                     model, str(label)
                 )
             counter.inc(count)
+
+    def count_invalid_output(self, name: str, version: int) -> None:
+        self.invalid_outputs.labels(name, str(version)).inc()
 
     # ------------------------------------------------------------------ reload hooks
     def reload_finished(self, name: str, *, succeeded: bool) -> None:

@@ -1,9 +1,11 @@
 """The model lifecycle behind the routes: load verified bundles from the store, warm them up,
 serve one, swap it atomically when the store changes, and keep a few pinned versions at hand.
 
-The routes never touch the store or the network directly; they ask the ``Predictor`` for a
-``ServedModel`` (the one being served, or a pinned ``?version=``/``?alias=``) and hand it
-pixels. The forward pass is the training package's own ``Bundle.predict_proba``.
+Requests reach it through the data plane (service/dataplane.py), which asks for a
+``ServedModel`` (the one being served, or a pinned ``?version=``/``?alias=``) and runs its
+forward pass, the training package's own ``Bundle.predict_proba``. What the store holds
+beyond the loaded models (every version, manifests, aliases) is the catalog's
+(service/catalog.py).
 
 Threads: the request thread only *reads* ``Predictor.served`` (one attribute load, so a request
 sees either the old model or the new one, never a mix). The poller thread (one per process,
@@ -24,17 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import inputs
-from service.errors import BadRequest, NotReady, PayloadTooLarge
-from training.bundle import Bundle
+from service.errors import NotReady
+from training.bundle import IMAGE_SHAPE, Bundle
 from training.errors import BundleInvalid, ConvserveError
 from training.store import LATEST, ModelStore, format_ref
 
 logger = logging.getLogger("convserve.predictor")
-
-# One blank digit: cheap to run, exercises every layer once so the first real request does not
-# pay for lazy allocations, and proves the loaded weights produce finite probabilities.
-_WARMUP_PIXELS = np.zeros((1, 28, 28), dtype=np.float32)
 
 
 def _utc_now() -> str:
@@ -57,25 +54,14 @@ class ServedModel:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The image shape (H, W) the bundle's input contract takes, in pixels."""
+        return tuple(self.bundle.input.get("shape", IMAGE_SHAPE))
+
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels (N, 28, 28) float32 in 0-255 -> probabilities (N, num_classes)."""
+        """pixels (N, H, W) float32 in 0-255 -> probabilities (N, num_classes)."""
         return self.bundle.predict_proba(pixels)
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """One batch answered: the model that answered, its probabilities (N, K) C-contiguous,
-    and per image the index of the top class and its label."""
-
-    model: ServedModel
-    probabilities: np.ndarray
-    top: list[int]
-    labels: list
-
-
-# The kinds of request payload the predictor turns into pixels (the routes pick the kind from
-# the Content-Type): JSON bytes, .npy bytes, one image file's bytes, several image files.
-PAYLOAD_KINDS = ("json", "npy", "image", "images")
 
 
 class ReloadHooks:
@@ -95,7 +81,6 @@ class Predictor:
 
     ``alias`` is the store alias to follow (``"latest"`` or empty means the highest version).
     ``reload_interval_s`` is how often the poller checks the store; 0 disables polling.
-    ``max_batch`` and ``max_image_pixels`` bound what ``pixels_from`` accepts.
     """
 
     def __init__(
@@ -106,8 +91,6 @@ class Predictor:
         *,
         reload_interval_s: float = 2.0,
         cache_size: int = 4,
-        max_batch: int = 256,
-        max_image_pixels: int = 25_000_000,
         hooks: ReloadHooks | None = None,
     ):
         self.store = store
@@ -115,8 +98,6 @@ class Predictor:
         self.alias = alias or LATEST
         self.reload_interval_s = float(reload_interval_s)
         self.cache_size = max(0, int(cache_size))
-        self.max_batch = int(max_batch)
-        self.max_image_pixels = int(max_image_pixels)
         self.hooks = hooks or ReloadHooks()
         # The one reference requests read; replaced whole, never mutated.
         self._served: ServedModel | None = None
@@ -173,7 +154,10 @@ class Predictor:
         labels = tuple(bundle.class_labels)
         label = format_ref(self.name, version)
         try:
-            probabilities = bundle.predict_proba(_WARMUP_PIXELS)
+            # One blank image: exercises every layer once so the first real request does not
+            # pay for lazy allocations, and proves the weights give finite probabilities.
+            blank = np.zeros((1, *bundle.input.get("shape", IMAGE_SHAPE)), dtype=np.float32)
+            probabilities = bundle.predict_proba(blank)
         except (ValueError, FloatingPointError) as exc:
             raise BundleInvalid(f"{label}: warm-up prediction failed ({exc})") from None
         if probabilities.shape != (1, len(labels)) or not np.all(np.isfinite(probabilities)):
@@ -300,41 +284,6 @@ class Predictor:
         error = self._last_error
         reason = f": {error['message']}" if error else ""
         return f"no verified model loaded yet for {self.name}@{self.alias}{reason}"
-
-    # ------------------------------------------------------------------ preprocessing, prediction
-    def pixels_from(self, kind: str, payload) -> np.ndarray:
-        """A request payload -> float32 pixels (N, 28, 28) in 0-255 (MNIST convention).
-
-        ``kind`` is one of PAYLOAD_KINDS: ``"json"``, ``"npy"`` and ``"image"`` take the body's
-        bytes, ``"images"`` a list of image files' bytes. Raises BadRequest/PayloadTooLarge.
-        """
-        if kind == "json":
-            return inputs.pixels_from_json_body(payload, self.max_batch)
-        if kind == "npy":
-            return inputs.pixels_from_npy(payload, self.max_batch)
-        if kind == "image":
-            image = inputs.pixels_from_image(payload, max_pixels=self.max_image_pixels)
-            return image[np.newaxis].astype(np.float32, copy=False)
-        if kind == "images":
-            if not payload:
-                raise BadRequest("no image file in the request")
-            if len(payload) > self.max_batch:
-                raise PayloadTooLarge(
-                    f"{len(payload)} images in one request; at most {self.max_batch}"
-                )
-            images = [
-                inputs.pixels_from_image(data, max_pixels=self.max_image_pixels) for data in payload
-            ]
-            return np.stack(images).astype(np.float32, copy=False)
-        raise ValueError(f"unknown payload kind {kind!r}; one of {PAYLOAD_KINDS}")
-
-    @staticmethod
-    def predict(model: ServedModel, pixels: np.ndarray) -> Predictions:
-        """Probabilities for pixels (N, 28, 28) from ``model`` (see ``model_for``)."""
-        probabilities = np.ascontiguousarray(model.predict_proba(pixels))
-        top = probabilities.argmax(axis=1).tolist()
-        labels = [model.labels[index] for index in top]
-        return Predictions(model, probabilities, top, labels)
 
     # ------------------------------------------------------------------ per-process start-up
     def ensure_started(self) -> None:

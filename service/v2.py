@@ -30,9 +30,13 @@ import numpy as np
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from service.body import read_body
-from service.errors import BadRequest, NotFound, NotReady, PayloadTooLarge
+from service.dataplane import Predictions
+from service.errors import BadRequest, NotReady
+from service.inputs.json_values import images_array
+from service.inputs.validate import InputSpec, batch_count, check_batch_size
 from service.predictor import ServedModel
+from service.routes import service_state
+from service.web import read_body, version_in_path
 from training import __version__
 from training.errors import BundleInvalid
 
@@ -58,11 +62,6 @@ DATATYPES = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
-ACCEPTED_SHAPES = "[N, 28, 28], [N, 1, 28, 28] or [N, 784]"
-
-
-def _state():
-    return current_app.extensions["convserve"]
 
 
 def _json(document, status: int = 200) -> Response:
@@ -72,14 +71,8 @@ def _json(document, status: int = 200) -> Response:
 
 def _model(name: str, version_text: str | None) -> ServedModel:
     """The model a V2 path names: the served one, or a pinned version (loaded on demand)."""
-    predictor = _state().predictor
-    if name != predictor.name:
-        raise NotFound(f"unknown model {name[:80]!r}; this server serves {predictor.name!r}")
-    if version_text is None:
-        return predictor.model_for()
-    if not (version_text.isascii() and version_text.isdigit() and len(version_text) <= 18):
-        raise NotFound(f"unknown version {version_text[:40]!r} of model {name!r}")
-    return predictor.model_for(version=int(version_text))
+    version = None if version_text is None else version_in_path(name, version_text)
+    return service_state().dataplane.model(name, version)
 
 
 def _labels_are_integers(model: ServedModel) -> bool:
@@ -89,6 +82,7 @@ def _labels_are_integers(model: ServedModel) -> bool:
 def model_metadata(model: ServedModel, versions: list[int]) -> dict:
     """The $metadata_model_response for one model."""
     label_type = "INT64" if _labels_are_integers(model) else "BYTES"
+    height, width = model.input_shape
     return {
         "name": model.name,
         "versions": [str(version) for version in versions],
@@ -97,10 +91,11 @@ def model_metadata(model: ServedModel, versions: list[int]) -> dict:
             {
                 "name": INPUT_NAME,
                 "datatype": "FP32",
-                "shape": [-1, 28, 28],
+                "shape": [-1, height, width],
                 "parameters": {
                     "description": "pixel values 0-255, 0 background, 255 ink (MNIST); "
-                    f"shapes {ACCEPTED_SHAPES}; UINT8 and other numeric types accepted",
+                    f"shapes [N, {height}, {width}], [N, 1, {height}, {width}] or "
+                    f"[N, {height * width}]; UINT8 and other numeric types accepted",
                 },
             }
         ],
@@ -127,7 +122,7 @@ def server_live():
 
 @v2_blueprint.get("/health/ready")
 def server_ready():
-    predictor = _state().predictor
+    predictor = service_state().predictor
     if not predictor.ready:
         raise NotReady(predictor.not_ready_message())
     return _json({"ready": True})
@@ -141,7 +136,10 @@ def server_ready():
 def model_metadata_route(name: str, version_text: str | None):
     model = _model(name, version_text)
     g.model_version = model.version
-    versions = [model.version] if version_text is not None else _state().store.versions(name)
+    if version_text is not None:
+        versions = [model.version]
+    else:
+        versions = service_state().catalog.versions(name)
     return _json(model_metadata(model, versions))
 
 
@@ -159,9 +157,9 @@ def model_ready(name: str, version_text: str | None):
 @v2_blueprint.post("/models/<name>/infer", defaults={"version_text": None})
 @v2_blueprint.post("/models/<name>/versions/<version_text>/infer")
 def infer(name: str, version_text: str | None):
+    dataplane = service_state().dataplane
     model = _model(name, version_text)
     g.model_version = model.version
-    state = _state()
     payload, binary = split_body(
         read_body(request, current_app.config["MAX_CONTENT_LENGTH"]),
         request.headers.get(HEADER_LENGTH),
@@ -170,17 +168,18 @@ def infer(name: str, version_text: str | None):
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
     parameters = _object(payload.get("parameters"), "parameters")
-    pixels = pixels_from_inputs(payload.get("inputs"), binary, state.settings["MAX_BATCH"])
+    values = tensor_values(payload.get("inputs"), binary, dataplane.spec(model))
     outputs = requested_outputs(payload.get("outputs"), parameters)
+    result = dataplane.infer(model, dataplane.validate(model, values, INPUT_NAME))
+    return infer_response(result, outputs, request_id)
 
-    result = state.predictor.predict(model, pixels)
-    probabilities = np.ascontiguousarray(result.probabilities, dtype=np.float32)
-    labels = result.labels
-    state.metrics.count_predictions(model.name, labels)
 
+def infer_response(result: Predictions, outputs: list[tuple[str, bool]], request_id) -> Response:
+    """The $inference_response: the requested outputs, as JSON data or binary tensor data."""
+    model = result.model
     tensors = {
-        OUTPUT_PROBABILITIES: ("FP32", probabilities),
-        OUTPUT_LABEL: _label_tensor(model, labels),
+        OUTPUT_PROBABILITIES: ("FP32", result.probabilities.astype(np.float32, copy=False)),
+        OUTPUT_LABEL: _label_tensor(model, result.labels),
     }
     response_outputs, chunks = [], []
     for output_name, as_binary in outputs:
@@ -239,23 +238,11 @@ def _object(value, what: str) -> dict:
     return value
 
 
-def _shape(value) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
-    ):
-        raise BadRequest(f"input 'shape' must be a list of non-negative integers, got {value!r}")
-    shape = tuple(value)
-    if not (
-        (len(shape) == 3 and shape[1:] == (28, 28))
-        or (len(shape) == 4 and shape[1:] == (1, 28, 28))
-        or (len(shape) == 2 and shape[1] == 784)
-    ):
-        raise BadRequest(f"input shape {list(shape)} is not one of {ACCEPTED_SHAPES}")
-    return shape
-
-
-def pixels_from_inputs(inputs, binary: bytes, max_batch: int) -> np.ndarray:
-    """The request's ``inputs`` (and binary tail) -> float32 pixels (N, 28, 28) in 0-255."""
+def tensor_values(inputs, binary: bytes, spec: InputSpec) -> np.ndarray:
+    """The request's ``inputs`` (and binary tail) -> the input tensor's values, shaped as
+    declared, for the data plane's one validation path. Only the protocol is checked here:
+    one tensor named ``input``, a known datatype, a declared shape the model takes and a
+    batch within the limit (both before any data is converted), data that fills the shape."""
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadRequest(f"'inputs' must be a list of exactly one tensor, named {INPUT_NAME!r}")
     tensor = inputs[0]
@@ -267,49 +254,52 @@ def pixels_from_inputs(inputs, binary: bytes, max_batch: int) -> np.ndarray:
             f"input datatype {datatype!r} is not supported; use one of {', '.join(DATATYPES)}"
         )
     shape = _shape(tensor.get("shape"))
-    count = shape[0]
-    if count == 0:
-        raise BadRequest("the input holds no images (batch size 0)")
-    if count > max_batch:
-        raise PayloadTooLarge(f"{count} images in one request; at most {max_batch}")
-    elements = math.prod(shape)
+    check_batch_size(batch_count(shape, spec, INPUT_NAME, single=False), spec, INPUT_NAME)
     parameters = _object(tensor.get("parameters"), "inputs[0].parameters")
     binary_size = parameters.get("binary_data_size")
-    if binary_size is not None:
-        dtype = DATATYPES[datatype]
-        expected = elements * dtype.itemsize
-        if isinstance(binary_size, bool) or not isinstance(binary_size, int):
-            raise BadRequest("'binary_data_size' must be an integer")
-        if binary_size != expected or len(binary) != expected:
-            raise BadRequest(
-                f"binary input of shape {list(shape)} {datatype} needs {expected} bytes; "
-                f"binary_data_size says {binary_size} and the body holds {len(binary)}"
-            )
-        values = np.frombuffer(binary, dtype=dtype)
-    else:
+    if binary_size is None:
         if binary:
             raise BadRequest(f"{len(binary)} bytes of binary data that no input claims")
-        values = _json_values(tensor.get("data"), elements)
-    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-        raise BadRequest("input data holds NaN or infinite values")
-    if values.size and (values.min() < 0 or values.max() > 255):
-        raise BadRequest("input pixel values must lie in 0-255 (0 background, 255 ink)")
-    return values.astype(np.float32).reshape(count, 28, 28)
+        images = _images_in_data(tensor.get("data"), shape)
+        return images_array(images, spec, INPUT_NAME)
+    expected = math.prod(shape) * DATATYPES[datatype].itemsize
+    if isinstance(binary_size, bool) or not isinstance(binary_size, int):
+        raise BadRequest("'binary_data_size' must be an integer")
+    if binary_size != expected or len(binary) != expected:
+        raise BadRequest(
+            f"binary input of shape {list(shape)} {datatype} needs {expected} bytes; "
+            f"binary_data_size says {binary_size} and the body holds {len(binary)}"
+        )
+    return np.frombuffer(binary, dtype=DATATYPES[datatype]).reshape(shape)
 
 
-def _json_values(data, elements: int) -> np.ndarray:
-    """JSON ``data`` (flat or nested, row-major) -> a flat numeric array of ``elements``."""
+def _shape(value) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise BadRequest(f"input 'shape' must be a list of non-negative integers, got {value!r}")
+    return tuple(value)
+
+
+def _images_in_data(data, shape: tuple[int, ...]) -> list:
+    """JSON ``data`` for a tensor of ``shape``, flat or nested in row-major order -> a list of
+    images in /predict's form (each H rows of W numbers, or H*W numbers)."""
     if not isinstance(data, list):
         raise BadRequest("input 'data' must be a list of numbers (or binary_data_size given)")
-    try:
-        values = np.array(data)
-    except (ValueError, TypeError, OverflowError):
-        raise BadRequest("input 'data' must be a list of numbers, nested evenly") from None
-    if values.dtype.kind not in "iuf":
-        raise BadRequest("input 'data' must hold only numbers, nested evenly")
-    if values.size != elements:
-        raise BadRequest(f"input 'data' has {values.size} values; its shape needs {elements}")
-    return values.reshape(-1)
+    count, per_image = shape[0], math.prod(shape[1:])
+    if len(data) == count * per_image and not (data and isinstance(data[0], list)):
+        return [data[i * per_image : (i + 1) * per_image] for i in range(count)]
+    if len(data) != count:
+        raise BadRequest(
+            f"input 'data' has {len(data)} values at its top level; shape {list(shape)} needs "
+            f"{count * per_image} flat or {count} nested"
+        )
+    if len(shape) == 4:  # [N, 1, H, W]: one channel per image
+        for index, image in enumerate(data):
+            if not (isinstance(image, list) and len(image) == 1):
+                raise BadRequest(f"input[{index}]: expected one channel, a list of 1")
+        return [image[0] for image in data]
+    return data
 
 
 def requested_outputs(outputs, parameters: dict) -> list[tuple[str, bool]]:

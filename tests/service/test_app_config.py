@@ -7,7 +7,7 @@ import sys
 import pytest
 from service_testlib import build_app
 
-from service.app import SETTINGS, load_config
+from service.config import SETTINGS, load_config
 
 pytest_plugins = ["service_fixtures"]
 

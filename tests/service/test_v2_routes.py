@@ -296,7 +296,7 @@ def binary_body(size_claimed: int, raw: bytes) -> tuple[bytes, dict]:
         ),
         (
             {"inputs": [{"name": "input", "shape": [0, 784], "datatype": "FP32", "data": []}]},
-            "batch size 0",
+            "empty batch",
         ),
         (
             {
@@ -312,7 +312,7 @@ def binary_body(size_claimed: int, raw: bytes) -> tuple[bytes, dict]:
                     {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": ["a"] * 784}
                 ]
             },
-            "numbers",
+            "input[0][0]: expected a number, got a string",
         ),
         (
             {
@@ -320,7 +320,7 @@ def binary_body(size_claimed: int, raw: bytes) -> tuple[bytes, dict]:
                     {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [True] * 784}
                 ]
             },
-            "numbers",
+            "input[0][0]: expected a number, got a boolean",
         ),
         (
             {

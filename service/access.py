@@ -1,0 +1,73 @@
+"""Per-request bookkeeping: the request id, the JSON access log line and the request metrics.
+
+A client's ``X-Request-ID`` is echoed when it is short and plain; otherwise one is made up.
+Every answer carries it, and so does its access log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+from flask import Flask, Response, g, request
+
+from service.metrics import ServiceMetrics
+from service.predictor import Predictor
+
+access_logger = logging.getLogger("convserve.access")
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def register_request_hooks(app: Flask, predictor: Predictor, metrics: ServiceMetrics) -> None:
+    """Before each request: per-process start-up, the clock and the request id. After it:
+    the metrics, the X-Request-ID header and the access log line."""
+
+    @app.before_request
+    def start_request():
+        # Per process, once (cheap pid check after that): the poller starts after the fork.
+        predictor.ensure_started()
+        g.started = time.perf_counter()
+        given = request.headers.get("X-Request-ID")
+        if given is not None and _REQUEST_ID_RE.fullmatch(given):
+            g.request_id = given
+        else:
+            g.request_id = os.urandom(16).hex()
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        started = g.get("started")
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        rule = request.url_rule
+        # Unmatched paths share one label: scanners must not grow the metrics without bound.
+        route = rule.rule if rule is not None else "<unmatched>"
+        status = response.status_code
+        metrics.observe_request(route, request.method, status, elapsed)
+        request_id = g.get("request_id") or os.urandom(16).hex()
+        response.headers["X-Request-ID"] = request_id
+        if access_logger.isEnabledFor(logging.INFO):
+            _log_access(request_id, status, elapsed)
+        return response
+
+
+def _log_access(request_id: str, status: int, elapsed: float) -> None:
+    access_logger.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        status,
+        extra={
+            "fields": {
+                "event": "access",
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "model_version": g.get("model_version"),
+                "pid": os.getpid(),
+            }
+        },
+    )

@@ -1,0 +1,73 @@
+"""The service's settings: one table of names, defaults and parsers, read by ``load_config``.
+
+Defaults, then the environment (strings, parsed), then the ``config`` mapping handed to
+``create_app`` (the tests' way in). Nothing is read at import time. Every setting is documented
+in docs/SERVING.md ("Configuration" and "Limits and failure behaviour").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from training.store import validate_name
+
+# name -> (default, parser of the environment's string).
+SETTINGS: dict[str, tuple[object, type]] = {
+    "MODEL_STORE": ("model_store", str),
+    "MODEL_NAME": ("mnist", str),
+    "MODEL_ALIAS": ("production", str),
+    "RELOAD_INTERVAL_S": (2.0, float),
+    "ADMIN_TOKEN": (None, str),
+    "MAX_BATCH": (256, int),
+    "MAX_CONTENT_LENGTH": (10 * 1024 * 1024, int),
+    "MAX_IMAGE_PIXELS": (25_000_000, int),
+    "MODEL_CACHE_SIZE": (4, int),
+    "LOG_LEVEL": ("info", str),
+}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Settings that must be positive integers.
+POSITIVE_INTEGERS = ("MAX_BATCH", "MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS")
+
+
+def load_config(config: Mapping | None = None, environ: Mapping | None = None) -> dict:
+    """Defaults, then the environment (strings, parsed), then ``config`` (values as they
+    are). Raises ValueError naming the setting for a value that cannot work."""
+    environ = os.environ if environ is None else environ
+    settings = {}
+    for key, (default, parse) in SETTINGS.items():
+        value = default
+        raw = environ.get(key)
+        if raw is not None and raw.strip() != "":
+            try:
+                value = parse(raw.strip())
+            except ValueError:
+                raise ValueError(f"{key}={raw!r}: expected {parse.__name__}") from None
+        settings[key] = value
+    settings.update(config or {})
+    check_config(settings)
+    return settings
+
+
+def check_config(settings: dict) -> None:
+    """Raise ValueError naming the first setting that cannot work; normalises LOG_LEVEL and
+    an empty ADMIN_TOKEN (unset) in place."""
+
+    def require(condition: bool, key: str, expected: str) -> None:
+        if not condition:
+            raise ValueError(f"{key}={settings[key]!r}: {expected}")
+
+    for key in POSITIVE_INTEGERS:
+        value = settings[key]
+        require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, "> 0")
+    require(settings["MAX_IMAGE_PIXELS"] >= 28 * 28, "MAX_IMAGE_PIXELS", "at least 784")
+    cache = settings["MODEL_CACHE_SIZE"]
+    require(isinstance(cache, int) and cache >= 0, "MODEL_CACHE_SIZE", "an integer >= 0")
+    interval = settings["RELOAD_INTERVAL_S"]
+    require(isinstance(interval, int | float) and interval >= 0, "RELOAD_INTERVAL_S", ">= 0")
+    level = str(settings["LOG_LEVEL"]).lower()
+    require(level in LOG_LEVELS, "LOG_LEVEL", f"one of {', '.join(LOG_LEVELS)}")
+    settings["LOG_LEVEL"] = level
+    validate_name(settings["MODEL_NAME"])
+    if not settings["ADMIN_TOKEN"]:
+        settings["ADMIN_TOKEN"] = None  # empty means unset: /admin/reload stays hidden

@@ -1,0 +1,116 @@
+"""The one inference path every protocol shares: which model answers, pixels in, numbers out.
+
+    route (/predict, V2 infer, the page)      parses HTTP, picks the payload kind
+      -> DataPlane.model(name, version, alias)  the served or pinned model (Predictor)
+      -> DataPlane.pixels(model, kind, payload) one validated batch (service/inputs/)
+         or DataPlane.validate(model, values)   for protocols that decode their own tensors
+      -> DataPlane.infer(model, pixels)         the network's forward pass (Bundle.predict_proba)
+      -> route                                  encodes Predictions in its protocol's shape
+
+Protocol modules only translate: every limit and every check on pixels lives behind this
+class, so ``/predict`` and V2 accept and refuse exactly the same values.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import ModelOutputInvalid, NotFound
+from service.inputs import InputSpec, pixel_batch, pixels_from_payload
+from service.predictor import Predictor, ServedModel
+from training.store import format_ref
+
+logger = logging.getLogger("convserve.dataplane")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One batch answered: the model that answered, its probabilities (N, K) float C-contiguous,
+    and per image the index of the top class and its label."""
+
+    model: ServedModel
+    probabilities: np.ndarray
+    top: list[int]
+    labels: list
+
+
+class InferenceHooks:
+    """What the data plane reports (the metrics); the default does nothing."""
+
+    def count_predictions(self, name: str, labels: list) -> None:
+        """A batch was answered with these labels."""
+
+    def count_invalid_output(self, name: str, version: int) -> None:
+        """The model produced a non-finite number for a request."""
+
+
+class DataPlane:
+    """Model lookup, payload validation and inference for every protocol.
+
+    ``settings`` supplies the limits (MAX_BATCH, MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS); the
+    image shape comes from each model's bundle.
+    """
+
+    def __init__(self, predictor: Predictor, settings: dict, hooks: InferenceHooks | None = None):
+        self.predictor = predictor
+        self.hooks = hooks or InferenceHooks()
+        self._limits = {
+            "max_batch": settings["MAX_BATCH"],
+            "max_image_pixels": settings["MAX_IMAGE_PIXELS"],
+            "max_request_pixels": settings.get("MAX_REQUEST_PIXELS", 100_000_000),
+        }
+        self._specs: dict[tuple[int, ...], InputSpec] = {}
+
+    @property
+    def model_name(self) -> str:
+        return self.predictor.name
+
+    def model(
+        self, name: str | None = None, version: int | None = None, alias: str | None = None
+    ) -> ServedModel:
+        """The model to answer with: the served one, or the version/alias pinned. ``name``
+        (when a path names one) must be the served model's name: 404 otherwise."""
+        if name is not None and name != self.predictor.name:
+            raise NotFound(
+                f"unknown model {name[:80]!r}; this server serves {self.predictor.name!r}"
+            )
+        return self.predictor.model_for(version, alias)
+
+    def spec(self, model: ServedModel) -> InputSpec:
+        """What a request to ``model`` may hold: its image shape, the configured limits."""
+        shape = model.input_shape
+        spec = self._specs.get(shape)
+        if spec is None:
+            spec = self._specs[shape] = InputSpec(shape, **self._limits)
+        return spec
+
+    def pixels(self, model: ServedModel, kind: str, payload) -> np.ndarray:
+        """A /predict payload (see ``inputs.PAYLOAD_KINDS``) -> float32 pixels (N, H, W)."""
+        return pixels_from_payload(kind, payload, self.spec(model))
+
+    def validate(
+        self, model: ServedModel, values: np.ndarray, where: str, *, single: bool = False
+    ) -> np.ndarray:
+        """Values a protocol decoded itself -> float32 pixels (N, H, W), through the same
+        checks as every /predict payload."""
+        return pixel_batch(values, self.spec(model), where, single=single)
+
+    def infer(self, model: ServedModel, pixels: np.ndarray) -> Predictions:
+        """Probabilities for pixels (N, H, W) from ``model``. A non-finite output is never
+        answered: it raises ModelOutputInvalid (500) naming the version, logged and counted."""
+        probabilities = np.ascontiguousarray(model.predict_proba(pixels))
+        if not np.isfinite(probabilities).all():
+            self.hooks.count_invalid_output(model.name, model.version)
+            message = (
+                f"{format_ref(model.name, model.version)} produced non-finite probabilities "
+                f"for this request; nothing was answered"
+            )
+            logger.error(message, extra={"fields": {"event": "model_output_invalid"}})
+            raise ModelOutputInvalid(message)
+        top = probabilities.argmax(axis=1).tolist()
+        labels = [model.labels[index] for index in top]
+        self.hooks.count_predictions(model.name, labels)
+        return Predictions(model, probabilities, top, labels)

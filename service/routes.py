@@ -1,0 +1,155 @@
+"""The service's own JSON API, as a Blueprint: health, /predict, the model catalog, admin, metrics.
+
+Routes only translate HTTP: they parse the query and body kind (service/web.py), call the data
+plane (service/dataplane.py) or the catalog (service/catalog.py), and encode the answer.
+Errors are raised, never built here: service/errors.py maps every exception to its answer.
+The V2 protocol's routes are in service/v2.py, the pages in service/ui.py.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from flask import Blueprint, Response, current_app, g, request
+
+from service.catalog import Catalog
+from service.dataplane import DataPlane, Predictions
+from service.errors import Forbidden, NotFound, NotReady, ServiceError, Unauthorized
+from service.inputs import pixels_to_png_data_url
+from service.metrics import ServiceMetrics
+from service.openapi import route_index
+from service.predictor import Predictor
+from service.web import json_response, parse_flag, parse_pin, read_payload
+from training.store import ModelStore
+
+api_blueprint = Blueprint("api", __name__)
+
+_HEALTHY_BODY = orjson.dumps({"status": "ok"})
+
+
+@dataclass
+class ServiceState:
+    """What the routes share, in ``app.extensions["convserve"]``."""
+
+    settings: dict
+    store: ModelStore
+    predictor: Predictor
+    dataplane: DataPlane
+    catalog: Catalog
+    metrics: ServiceMetrics
+    openapi: dict
+
+
+def service_state() -> ServiceState:
+    return current_app.extensions["convserve"]
+
+
+@api_blueprint.get("/api", endpoint="index")
+def index():
+    """The JSON index of the routes; GET / is the web page (service/ui.py)."""
+    return json_response(route_index(current_app))
+
+
+@api_blueprint.get("/healthz")
+def healthz():
+    """Liveness: the process answers. Independent of the model on purpose."""
+    return Response(_HEALTHY_BODY, mimetype="application/json")
+
+
+@api_blueprint.get("/readyz")
+def readyz():
+    """Readiness: a verified, warmed-up model is being served."""
+    predictor = service_state().predictor
+    served = predictor.served
+    if served is None:
+        raise NotReady(predictor.not_ready_message())
+    g.model_version = served.version
+    return json_response(
+        {"status": "ready", "model": {"name": served.name, "version": served.version}}
+    )
+
+
+@api_blueprint.post("/predict")
+def predict():
+    # The request object itself: each attribute read through Flask's proxy costs ~0.5 us.
+    req = request._get_current_object()
+    dataplane = service_state().dataplane
+    version = alias = None
+    explain = False
+    if req.environ.get("QUERY_STRING"):  # most requests have none: skip parsing it
+        version, alias = parse_pin(req.args)
+        explain = parse_flag(req.args, "explain")
+    model = dataplane.model(version=version, alias=alias)
+    g.model_version = model.version
+    payload = read_payload(req, current_app.config["MAX_CONTENT_LENGTH"])
+    pixels = dataplane.pixels(model, *payload)
+    result = dataplane.infer(model, pixels)
+    return json_response(predictions_document(result, pixels, explain=explain))
+
+
+def predictions_document(result: Predictions, pixels: np.ndarray, *, explain: bool) -> dict:
+    """The /predict answer: per image, in order, the label, its probability and all of them;
+    with ``explain``, the 28x28 pixels the model saw (as numbers and as a PNG data URL)."""
+    probabilities = result.probabilities
+    predictions = []
+    for row, (index, label) in enumerate(zip(result.top, result.labels, strict=True)):
+        scores = probabilities[row]
+        prediction = {"label": label, "confidence": scores[index], "probabilities": scores}
+        if explain:
+            prediction["input_png"] = pixels_to_png_data_url(pixels[row])
+            prediction["input_pixels"] = np.ascontiguousarray(pixels[row]).reshape(-1)
+        predictions.append(prediction)
+    model = result.model
+    return {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
+
+
+@api_blueprint.get("/models")
+def list_models():
+    return json_response(service_state().catalog.models_document())
+
+
+@api_blueprint.get("/models/<name>")
+def show_model(name: str):
+    return json_response(service_state().catalog.model_document(name))
+
+
+@api_blueprint.get("/models/<name>/versions/<version_text>")
+def show_version(name: str, version_text: str):
+    return json_response(service_state().catalog.version_document(name, version_text))
+
+
+@api_blueprint.post("/admin/reload")
+def admin_reload():
+    state = service_state()
+    token = state.settings["ADMIN_TOKEN"]
+    if token is None:
+        # Without a token the route does not exist, as far as clients can tell.
+        raise NotFound("The requested URL was not found on the server.")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("send Authorization: Bearer <ADMIN_TOKEN>")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Forbidden("wrong admin token")
+    outcome = state.predictor.check_for_update(force=True)
+    if outcome["error"]:
+        raise ServiceError(
+            f"reload refused, still serving version {outcome['served_version']}: "
+            f"{outcome['error']}",
+            code="reload_failed",
+            status=409,
+        )
+    return json_response(outcome)
+
+
+@api_blueprint.get("/metrics")
+def metrics_route():
+    body, content_type = service_state().metrics.render()
+    return Response(body, content_type=content_type)
+
+
+@api_blueprint.get("/openapi.json")
+def openapi():
+    return json_response(service_state().openapi)
