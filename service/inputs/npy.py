@@ -30,8 +30,8 @@ def npy_values(body: bytes, spec: InputSpec) -> tuple[np.ndarray, str, bool]:
         raise BadRequest(f".npy dtype {dtype} is not a real number type (integers or floats)")
     single = len(shape) == 2 and shape == tuple(spec.image_shape)
     where = "image" if single else "images"
-    count = batch_count(shape, spec, ".npy array", single=single)
-    check_batch_size(count, spec, ".npy array")
+    count = batch_count(shape, spec, where, single=single)
+    check_batch_size(count, spec, where)
     data = memoryview(body)[stream.tell() :]
     expected_bytes = math.prod(shape) * dtype.itemsize
     if len(data) != expected_bytes:
