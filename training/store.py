@@ -548,7 +548,7 @@ class ModelStore:
         data, manifest = self.read_verified_bytes(name, version)
         label = format_ref(name, version)
         bundle = load_bundle_bytes(data, label=label)
-        check_probe(bundle, label, manifest.get("probe"))
+        check_probe(bundle, label, manifest.get("probe"), digest=manifest["sha256"])
         bundle.path = self.bundle_path(name, version)
         return bundle
 
@@ -654,8 +654,9 @@ class ModelStore:
         _check_publish_arguments(name, alias, note, parent_version)
         source = Path(bundle_path)
         data = _read_bundle_file(source)
+        digest = hashlib.sha256(data).hexdigest()
         bundle = load_bundle_bytes(data, label=str(source))
-        probe = check_probe(bundle, f"not publishing {source.name} as {name}")
+        probe = check_probe(bundle, f"not publishing {source.name} as {name}", digest=digest)
         summary = self._manifest_summary(bundle.metadata, str(source))
         summary["probe"] = probe_record(probe)
 
@@ -669,7 +670,7 @@ class ModelStore:
                     "format_version": MANIFEST_FORMAT,
                     "name": name,
                     "version": version,
-                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "sha256": digest,
                     "size": len(data),
                     "created": _now(),
                     "note": note,

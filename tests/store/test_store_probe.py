@@ -14,6 +14,7 @@ from conftest import make_bundle
 from store_testlib import REPO
 
 from convserve.cli import main
+from training import probe as probe_module
 from training.bundle import bundle_bytes, load_bundle
 from training.errors import BundleInvalid
 from training.probe import PROBE_TOLERANCE, load_probe_set, run_probe
@@ -141,6 +142,22 @@ def test_models_publish_prints_one_line_and_exits_2(run, tmp_path):
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1 and "non-finite" in err and "Traceback" not in err
     assert run("publish", str(broken), "--name", "mnist", "--force")[0] == 2
+
+
+def test_the_same_bytes_are_probed_once_per_process(store, tmp_path, monkeypatch):
+    calls = []
+    real_run_probe = probe_module.run_probe
+    monkeypatch.setattr(
+        probe_module, "run_probe", lambda bundle: calls.append(1) or real_run_probe(bundle)
+    )
+    path = make_bundle(tmp_path / "fresh.npz", seed=123)
+    store.publish(path, "mnist")
+    store.publish(path, "mnist")
+    store.load("mnist", 1)
+    store.verify()
+    assert len(calls) == 1
+    store.publish(make_bundle(tmp_path / "other.npz", seed=124), "mnist")
+    assert len(calls) == 2
 
 
 # ---------------------------------------------------------------------------------- load, promote
