@@ -684,7 +684,8 @@ class ModelStore:
                 fsync_dir(staging)
                 self._install_version(name, staging, version, alias, forced)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)  # gone already if the rename happened
+            # Still there unless the install succeeded (an undone install renamed it back).
+            shutil.rmtree(staging, ignore_errors=True)
             raise
         finally:
             os.close(staging_fd)
