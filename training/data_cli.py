@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from training.data import DEFAULT_MIRRORS, download_mnist, load_mnist, pixel_statistics
+from training.data import load_mnist, pixel_statistics
+from training.download import DEFAULT_MIRRORS, download_mnist
 
 
 def register(subparsers) -> None:

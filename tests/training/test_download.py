@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import REPO, find_mnist_dir
 
-from training import data
-from training.data import MNIST_SHA256, download_mnist, load_mnist, read_idx
+from training import download
+from training.data import load_mnist, read_idx
+from training.download import MNIST_SHA256, download_mnist
 from training.errors import DataError
 
 NAMES = tuple(MNIST_SHA256)  # the four .gz file names
@@ -173,7 +174,7 @@ def test_a_response_cut_short_is_retried_elsewhere(server, tmp_path, tiny_files,
 def test_a_mirror_sending_too_much_is_abandoned(
     server, tmp_path, tiny_files, tiny_checksums, monkeypatch
 ):
-    monkeypatch.setattr(data, "MAX_DOWNLOAD_BYTES", 64)
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 64)
     flood = server.mirror("flood", {name: bytes(500) for name in NAMES})
     with pytest.raises(DataError, match="sent more than 64 bytes"):
         download_mnist(tmp_path, [flood], progress=False, checksums=tiny_checksums)
