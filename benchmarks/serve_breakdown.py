@@ -1,7 +1,7 @@
 """Where /predict's cost goes under load: /healthz, then a POST that only moves /predict's bytes,
 then all of /predict but its forward pass, then /predict, on one server.
 
-serve_load.py measures /predict against /healthz (issue 4: >= 0.75x at concurrency 16). This
+serve_load.py measures /predict against /healthz (target: >= 0.75x at concurrency 16). This
 script prices the steps between the two, with the same gunicorn config (2 sync workers) and
 wrk, so the ratio can be read as a budget: how much of /healthz's cost is left for the forward
 pass once HTTP, parsing and answering are paid.

@@ -3,7 +3,7 @@
 Starts real gunicorn with the service's own config (2 sync workers by default) on a free
 127.0.0.1 port, then drives it with wrk (Debian's package) at several concurrencies, alternating
 /healthz and single-image JSON /predict runs so both see the same machine state. The figure that
-matters is the ratio predict/healthz at each concurrency (issue 4: >= 0.75 at c=16), the p99 of
+matters is the ratio predict/healthz at each concurrency (target: >= 0.75 at c=16), the p99 of
 /predict at c=16 (<= 10 ms) and the growth of each worker's RSS between the first 1k and 100k
 requests (<= 5 MB).
 

@@ -11,7 +11,7 @@ Why these choices:
 
 * sync workers: one request at a time per process, connections closed after each response.
   gthread workers were faster on a no-op route but twice collapsed 3.5x when one worker took
-  all keep-alive connections (PERF_NOTES.md, Serving); sync stayed stable.
+  all keep-alive connections; sync stayed stable.
 * one BLAS thread per worker: the workers are the parallelism; BLAS threads on top only fight
   over the same cores. Set here, in the master, before the app (and numpy) is imported.
 * the app is preloaded: the master imports it and loads + verifies the model once, then

@@ -18,8 +18,8 @@ from pathlib import Path
 from training.data import CHUNK_BYTES, sha256_file
 from training.errors import DataError
 
-# Known sha256 of the four MNIST files, from /work/shared/data/mnist/SHA256SUMS. Two per file:
-# the .gz as stored there (re-compressed with `gzip -9 -n`) and its uncompressed IDX content.
+# Known sha256 of the four MNIST files, two per file: the .gz as the team's MNIST copy stores
+# it (re-compressed with `gzip -9 -n`; its SHA256SUMS lists these) and its uncompressed IDX content.
 # Public mirrors serve the original gzip files, whose bytes differ from a re-compressed copy
 # while the content is the same, so a download is accepted when either hash matches.
 # File name: (sha256 of the .gz, sha256 of its uncompressed IDX content).
