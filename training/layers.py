@@ -180,18 +180,26 @@ def _running_max(
     return best, masks
 
 
-def _route_to_first_max(grad: np.ndarray, masks: list[np.ndarray], out: list[np.ndarray]):
-    """Split ``grad`` over the candidates of ``_running_max``: out[q] gets grad where candidate
-    q held the first maximum, 0 elsewhere. ``out`` is a list of len(masks) + 1 arrays shaped
-    like ``grad`` (views into a caller's buffer). Exact: each part is grad * 1 or grad * 0, and
-    grad - grad == 0.
+def _first_max_indicators(first: np.ndarray) -> np.ndarray:
+    """Turn the strict-greater masks of ``_running_max`` into first-maximum indicators, in place.
+
+    first: bool (Q, ...) with first[q] (q >= 1) holding ``masks[q - 1]`` on entry (candidate q
+    beats every candidate before it); first[0] is scratch. On return first[q] is True exactly
+    where candidate q is the *first* position holding the maximum: the last q whose mask is True,
+    or 0 if none. Backward then routes a gradient as ``grad * first[q]`` (exact: grad * 1 or
+    grad * 0), one multiply per candidate. Only booleans are touched here (a quarter of the bytes
+    of the float passes this replaces: multiply-and-subtract over the gradient per candidate).
     """
-    remaining = grad
-    for q in range(len(masks), 0, -1):
-        np.multiply(remaining, masks[q - 1], out=out[q])
-        remaining = np.subtract(remaining, out[q], out=out[0])
-    if remaining is not out[0]:
-        out[0][...] = remaining
+    later = first[0]  # "some later candidate is the maximum", accumulated from the back
+    if len(first) == 1:
+        later.fill(False)
+    else:
+        np.copyto(later, first[-1])
+    for q in range(len(first) - 2, 0, -1):
+        np.greater(first[q], later, out=first[q])  # for booleans a > b is a and not b
+        np.logical_or(later, first[q], out=later)
+    np.logical_not(later, out=later)
+    return first
 
 
 # --------------------------------------------------------------------------- layers
@@ -388,17 +396,24 @@ class MaxPool2D(Layer):
         if self.pad:
             x = _chwn_storage(x, self.pad, fill=-np.inf).transpose(3, 0, 1, 2)
         candidates = [x[:, :, rows, cols] for rows, cols in self._offsets(oh, ow)]
-        out, masks = _running_max(candidates, keep_masks=train)
-        self._cache = (masks, x.shape, x.dtype) if train else None
+        if not train:
+            self._cache = None
+            return _running_max(candidates, keep_masks=False)[0]
+        # Indicators stored (window offset, C, OH, OW, N), like the gradient parts of backward.
+        n, c = x.shape[:2]
+        first = np.empty((len(candidates), c, oh, ow, n), np.bool_)
+        mask_out = [part.transpose(3, 0, 1, 2) for part in first[1:]]
+        out, _ = _running_max(candidates, keep_masks=True, mask_out=mask_out)
+        self._cache = (_first_max_indicators(first), x.shape, x.dtype)
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("MaxPool2D.backward called without a training forward")
-        masks, (n, c, h, w), dtype = self._cache
+        first, (n, c, h, w), dtype = self._cache
         _, _, oh, ow = dout.shape
-        parts = np.empty((len(masks) + 1, c, oh, ow, n), dtype=dtype)
-        _route_to_first_max(dout, masks, [part.transpose(3, 0, 1, 2) for part in parts])
+        # parts[q]: the gradient of the window offset q, (C, OH, OW, N).
+        parts = np.multiply(dout.transpose(1, 2, 3, 0)[None], first, dtype=dtype)
         dx = np.zeros((c, h, w, n), dtype=dtype)
         for part, (rows, cols) in zip(parts, self._offsets(oh, ow), strict=True):
             # += rather than =: with stride < size the windows overlap.
@@ -448,8 +463,8 @@ class ConvPool:
 
     def _pooled_responses(self, x, out, rows: int, cols: int, purpose: str, train: bool):
         """Max over each pooling window of the bias-free filter responses of x (n, C, H, W),
-        written to ``out`` (filters, rows*cols, n). Returns (masks, patches) for backward;
-        ``purpose`` names the workspace arrays (a chunk's own in training)."""
+        written to ``out`` (filters, rows*cols, n). Returns (first-maximum indicators, patches)
+        for backward; ``purpose`` names the workspace arrays (a chunk's own in training)."""
         conv, k = self.conv, self.pool.size
         workspace = conv._workspace
         filters, n = conv.W.shape[0], x.shape[0]
@@ -463,13 +478,12 @@ class ConvPool:
             # One reduction call instead of k*k - 1: what matters at batch 1 is the call count.
             np.maximum.reduce(blocks, axis=1, out=out)
             return [], None
-        mask_out = [
-            workspace.array(f"{purpose}.mask{q}", out.shape, np.bool_) for q in range(1, k * k)
-        ]
-        masks = _running_max(
-            [blocks[:, q] for q in range(k * k)], True, out=out, mask_out=mask_out
-        )[1]
-        return masks, patches
+        # Indicators (filters, k*k, rows*cols, n): the layout of the blocks, so backward routes
+        # the gradient to every block with one broadcast multiply.
+        first = workspace.array(f"{purpose}.first_max", blocks.shape, np.bool_)
+        mask_out = [first[:, q] for q in range(1, k * k)]
+        _running_max([blocks[:, q] for q in range(k * k)], True, out=out, mask_out=mask_out)
+        return _first_max_indicators(first.swapaxes(0, 1)).swapaxes(0, 1), patches
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         conv = self.conv
@@ -519,12 +533,10 @@ class ConvPool:
         db = grad.reshape(filters, -1).sum(axis=1)
         dW = None
         dx = np.zeros(padded_shape, dtype=grad.dtype) if conv.needs_input_grad else None
-        for part, (masks, patches) in zip(chunks, saved, strict=True):
-            chunk_grad = grad[:, :, part]
-            dresponses = workspace.array(
-                "train.dresponses", (filters, k * k, *chunk_grad.shape[1:]), grad.dtype
-            )
-            _route_to_first_max(chunk_grad, masks, [dresponses[:, q] for q in range(k * k)])
+        for part, (first, patches) in zip(chunks, saved, strict=True):
+            # Each window's gradient goes to its first maximum: grad * indicator, per block.
+            dresponses = workspace.array("train.dresponses", first.shape, grad.dtype)
+            np.multiply(grad[:, None, :, part], first, out=dresponses)
             dresponses = dresponses.reshape(filters, -1)
             chunk_dW = conv._weight_gradient(dresponses, patches)
             dW = chunk_dW if dW is None else np.add(dW, chunk_dW, out=dW)
