@@ -251,6 +251,23 @@ def test_models_view_of_an_empty_store(tmp_path):
     assert "holds no model yet" in response.get_data(as_text=True)
 
 
+def test_models_view_without_the_service_shows_the_store_and_serves_nothing(store):
+    """The blueprint alone (no predictor): the store's versions, nothing marked served."""
+    from flask import Flask
+
+    from service.ui import ui_blueprint
+
+    app = Flask("pages_only")
+    app.config["MODEL_STORE"] = str(store.root)
+    app.register_blueprint(ui_blueprint)
+    text = get(app.test_client(), "/ui/models").get_data(as_text=True)
+    assert re.findall(r'<tr><th scope="row"><a href="#mnist-v(\d+)">', text) == ["2", "1"]
+    assert '<span class="tag">production</span>' in text
+    assert "served" not in text and "Serving" not in text
+    opened = [d["id"] for d in Elements(text).all("details") if "open" in d]
+    assert opened == ["mnist-v2"], "the newest version starts open"
+
+
 def svg_element(text: str, element_id: str) -> str:
     """The markup of the ``<svg id=element_id>`` element in a page."""
     found = re.search(rf'<svg [^>]*id="{re.escape(element_id)}".*?</svg>', text, re.DOTALL)
