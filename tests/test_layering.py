@@ -26,6 +26,7 @@ SERVICE_FORBIDDEN = (
     "training.trainer",
     "training.optimizers",
     "training.data",
+    "training.download",
     "training.augment",
     "training.recipe",
     "training.*_cli",
