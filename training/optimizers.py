@@ -32,11 +32,20 @@ SCHEDULES = ("constant", "step", "cosine", "onecycle")
 class Optimizer:
     """Base class: the learning rate, decoupled weight decay and per-parameter ``state``.
 
-    Updates run in place with no temporary arrays: each parameter gets one scratch array of its
-    own shape (``_scratch``), reused every step. Why: a fresh array per arithmetic operation
-    meant a fresh multi-megabyte allocation (fc1.W is 4320 x 100) and its page faults on every
-    step, which cost more than the arithmetic (measured: Adam 1.7 ms -> 0.6 ms per step).
+    Subclasses name their per-parameter arrays (``slot_names``) and define ``_update_block``,
+    the update of one block of a parameter. Updates run in place with no temporary arrays, in
+    blocks of ``block_size`` elements, for two measured reasons (SimpleConvNet, fc1.W is
+    4320 x 100 = 1.7 MB):
+
+    - a fresh array per arithmetic operation meant multi-megabyte allocations and their page
+      faults on every step, which cost more than the arithmetic (Adam 1.7 -> 1.1 ms per step);
+    - an update is a dozen elementwise passes over the parameter, its gradient and its state;
+      block by block (256 KiB per array, all of them fit in L2) each pass reads from cache
+      instead of memory (Adam 1.1 -> 0.84 ms, momentum 0.47 -> 0.34 ms).
     """
+
+    slot_names: tuple[str, ...] = ()
+    block_size = 1 << 16  # elements
 
     def __init__(self, lr: float, weight_decay: float = 0.0):
         if not (lr > 0 and math.isfinite(lr)):
@@ -60,9 +69,37 @@ class Optimizer:
             grad = grads[name]
             if grad is None:
                 raise ValueError(f"no gradient for {name!r}: run backward() before step()")
-            if self.weight_decay and param.ndim >= 2:
-                param *= 1.0 - self.lr * self.weight_decay
-            self._update(name, param, grad)
+            if np.shape(grad) != param.shape:
+                raise ValueError(
+                    f"gradient of {name!r} has shape {np.shape(grad)}, expected {param.shape}"
+                )
+            decay = 1.0 - self.lr * self.weight_decay if param.ndim >= 2 else 1.0
+            arrays = {"param": param, "grad": grad, "scratch": self._scratch(name, param)}
+            arrays.update(self._slot(name, param))
+            for block in self._blocks(arrays):
+                if decay != 1.0:
+                    block["param"] *= decay
+                self._update_block(**block)
+
+    def _blocks(self, arrays: dict[str, np.ndarray]):
+        """Blocks of ``block_size`` elements at the same place in each array (flat views; the
+        gradient is copied only if it is not contiguous). A parameter that cannot be viewed
+        flat without a copy (not C-contiguous) is one block, the whole arrays."""
+        if not arrays["param"].flags.c_contiguous:
+            yield arrays
+            return
+        flat = {key: value.reshape(-1) for key, value in arrays.items()}
+        for start in range(0, arrays["param"].size, self.block_size):
+            yield {key: value[start : start + self.block_size] for key, value in flat.items()}
+
+    def _slot(self, name: str, param: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-parameter state arrays (zeros at first), kept in ``state[name]``."""
+        if not self.slot_names:
+            return {}
+        slot = self.state.get(name)
+        if slot is None:
+            slot = self.state[name] = {key: np.zeros_like(param) for key in self.slot_names}
+        return slot
 
     def _scratch(self, name: str, param: np.ndarray) -> np.ndarray:
         """A reusable array shaped like ``param``; its contents are garbage between uses."""
@@ -71,16 +108,17 @@ class Optimizer:
             scratch = self._scratch_arrays[name] = np.empty_like(param)
         return scratch
 
-    def _update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+    def _update_block(self, param, grad, scratch, **slot) -> None:
+        """Update ``param`` in place from ``grad``; all arguments are equally shaped blocks of
+        the parameter, its gradient, a scratch array and the ``slot_names`` state arrays."""
         raise NotImplementedError
 
 
 class SGD(Optimizer):
     """Plain gradient descent: p -= lr * g."""
 
-    def _update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
-        scratch = np.multiply(grad, self.lr, out=self._scratch(name, param))
-        param -= scratch
+    def _update_block(self, param, grad, scratch) -> None:
+        param -= np.multiply(grad, self.lr, out=scratch)
 
 
 class Momentum(Optimizer):
@@ -90,20 +128,18 @@ class Momentum(Optimizer):
     schedule that changes lr acts at once instead of through the accumulated velocity.
     """
 
+    slot_names = ("velocity",)
+
     def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
 
-    def _update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
-        slot = self.state.get(name)
-        if slot is None:
-            slot = self.state[name] = {"velocity": np.zeros_like(param)}
-        velocity = slot["velocity"]
+    def _update_block(self, param, grad, scratch, velocity) -> None:
         velocity *= self.momentum
         velocity += grad
-        param -= np.multiply(velocity, self.lr, out=self._scratch(name, param))
+        param -= np.multiply(velocity, self.lr, out=scratch)
 
 
 class Adam(Optimizer):
@@ -112,6 +148,8 @@ class Adam(Optimizer):
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
     p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     """
+
+    slot_names = ("m", "v")
 
     def __init__(
         self,
@@ -129,12 +167,7 @@ class Adam(Optimizer):
             raise ValueError(f"Adam eps must be positive, got {eps!r}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
-    def _update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
-        slot = self.state.get(name)
-        if slot is None:
-            slot = self.state[name] = {"m": np.zeros_like(param), "v": np.zeros_like(param)}
-        m, v = slot["m"], slot["v"]
-        scratch = self._scratch(name, param)
+    def _update_block(self, param, grad, scratch, m, v) -> None:
         m *= self.beta1
         m += np.multiply(grad, 1.0 - self.beta1, out=scratch)
         v *= self.beta2
