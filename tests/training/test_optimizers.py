@@ -94,6 +94,58 @@ def test_decoupled_weight_decay_shrinks_weights_but_not_biases(name):
     np.testing.assert_allclose(params["fc1.b"], 2.0)
 
 
+def reference_steps(name, params, grads_per_step, lr, weight_decay):
+    """The textbook update rules, whole arrays at a time, in float64 (what the blocked in-place
+    updates must equal)."""
+    params = {key: value.astype(np.float64) for key, value in params.items()}
+    state = {key: [np.zeros_like(value), np.zeros_like(value)] for key, value in params.items()}
+    for t, grads in enumerate(grads_per_step, start=1):
+        for key, p in params.items():
+            g = grads[key].astype(np.float64)
+            if p.ndim >= 2:
+                p *= 1 - lr * weight_decay
+            first, second = state[key]
+            if name == "sgd":
+                p -= lr * g
+            elif name == "momentum":
+                first[...] = 0.9 * first + g
+                p -= lr * first
+            else:
+                first[...] = 0.9 * first + 0.1 * g
+                second[...] = 0.999 * second + 0.001 * g * g
+                p -= lr * (first / (1 - 0.9**t)) / (np.sqrt(second / (1 - 0.999**t)) + 1e-8)
+    return params
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_blocked_updates_follow_the_rule_on_large_and_strided_parameters(name):
+    # block_size 64: the 70 x 30 matrix spans many blocks and ends in a partial one; the strided
+    # view (every other column) cannot be cut into flat blocks and is updated whole.
+    rng = np.random.default_rng(0)
+    params = {
+        "fc1.W": rng.standard_normal((70, 30)),
+        "fc2.W": rng.standard_normal((20, 40))[:, ::2],
+        "fc2.b": rng.standard_normal(5),
+    }
+    grads_per_step = [
+        {key: rng.standard_normal(value.shape) for key, value in params.items()} for _ in range(3)
+    ]
+    expected = reference_steps(name, params, grads_per_step, lr=0.05, weight_decay=0.1)
+    optimizer = make_optimizer(name, lr=0.05, weight_decay=0.1)
+    optimizer.block_size = 64
+    for grads in grads_per_step:
+        # A non-contiguous gradient (a transposed copy) must be read correctly too.
+        grads = {**grads, "fc1.W": np.asfortranarray(grads["fc1.W"])}
+        optimizer.step(params, grads)
+    for key, value in expected.items():
+        np.testing.assert_allclose(params[key], value, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_a_gradient_of_the_wrong_shape_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"fc1.W.*\(2, 3\)"):
+        SGD(lr=0.1).step({"fc1.W": np.zeros((2, 3))}, {"fc1.W": np.zeros((3, 2))})
+
+
 def test_mismatched_names_are_refused():
     with pytest.raises(ValueError, match="fc1.b"):
         SGD(lr=0.1).step({"fc1.W": np.zeros(2), "fc1.b": np.zeros(2)}, {"fc1.W": np.zeros(2)})
