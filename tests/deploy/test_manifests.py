@@ -42,7 +42,7 @@ RUNTIME_ENV = {
 }
 # Where the settings are read: the app's settings table, gunicorn's conf, the CLI's defaults.
 CONFIG_SOURCES = [
-    REPO / "service" / "app.py",
+    REPO / "service" / "config.py",
     REPO / "service" / "gunicorn.conf.py",
     REPO / "training" / "store.py",
     REPO / "training" / "data.py",
