@@ -53,6 +53,7 @@ train: $(VENV)/.installed-base
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/train_epoch.py
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/serve_breakdown.py
 

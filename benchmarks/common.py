@@ -5,13 +5,19 @@ Timings on 2 cores shared with other work are noisy, so a benchmark here
   repetition), so both see the same machine state;
 - reports medians of several repetitions and the ratio of the medians;
 - prints the load average before and after, and the BLAS, its kernel and thread counts.
+
+It also holds the data helpers benchmarks need (MNIST test digits, or digit-like stand-ins when
+MNIST is not on this machine), so no benchmark imports test code.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,12 +57,18 @@ def blas_info() -> list[dict]:
     return pools
 
 
-def environment() -> dict:
-    """Versions, CPU, thread counts, BLAS kernel settings and the load average now."""
-    try:
-        import torch  # first, so its thread pools are loaded when they are listed
-    except ImportError:
-        torch = None
+def environment(with_torch: bool = True) -> dict:
+    """Versions, CPU, thread counts, BLAS kernel settings and the load average now.
+
+    ``with_torch=False`` leaves torch unimported (a process timing only our NumPy code must not
+    load PyTorch's thread pools); ``torch`` is then None.
+    """
+    torch = None
+    if with_torch:
+        try:
+            import torch  # first, so its thread pools are loaded when they are listed
+        except ImportError:
+            torch = None
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "python": platform.python_version(),
@@ -119,3 +131,81 @@ def interleaved(
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min, max and interquartile range of ``values`` (same units)."""
+    ordered = sorted(values)
+    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else ordered * 3
+    return {
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "iqr": [quartiles[0], quartiles[2]],
+        "count": len(ordered),
+    }
+
+
+def thread_env(threads: int | None) -> dict[str, str]:
+    """This process's environment for a child with ``threads`` BLAS/OpenMP threads (None: the
+    libraries' own default, the environment unchanged)."""
+    env = dict(os.environ)
+    if threads:
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(threads)
+    return env
+
+
+def run_json_child(args: list[str], threads: int | None, timeout: float = 900) -> dict:
+    """Run ``python <args>`` in its own process with ``threads`` threads and parse the JSON
+    object it prints last on stdout. Raises SystemExit with the child's stderr on failure."""
+    done = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=thread_env(threads),
+        cwd=REPO,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- data
+
+
+def find_mnist_dir() -> Path | None:
+    """$MNIST_DIR, then ../shared/data/mnist beside the repository (None when neither holds
+    the MNIST test split)."""
+    for candidate in (os.environ.get("MNIST_DIR"), REPO.parent / "shared" / "data" / "mnist"):
+        if candidate and (Path(candidate) / "t10k-images-idx3-ubyte.gz").is_file():
+            return Path(candidate)
+    return None
+
+
+def synthetic_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Digit-like (count, 28, 28) uint8 images with thick saturated strokes (so pooling windows
+    tie, as on MNIST) and their (count,) uint8 labels."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, count).astype(np.uint8)
+    for i, label in enumerate(labels):
+        top, left = 6 + rng.integers(-2, 3), 8 + rng.integers(-2, 3)
+        images[i, top : top + 16, left + label : left + label + 4] = 255
+        images[i, top + label : top + label + 3, left : left + 12] = 255
+    return images, labels
+
+
+def mnist_test_digits(count: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The first ``count`` MNIST test images (count, 28, 28) uint8 and labels (count,), and
+    where they came from; synthetic digits when MNIST is not on this machine."""
+    from training.data import read_idx
+
+    directory = find_mnist_dir()
+    if directory is None:
+        images, labels = synthetic_digits(count)
+        return images, labels, "synthetic digits (MNIST not found)"
+    images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[:count]
+    labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[:count]
+    return images, labels, f"MNIST test split ({directory})"

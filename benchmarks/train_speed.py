@@ -1,318 +1,187 @@
-"""Training and inference speed of SimpleConvNet: our NumPy network against PyTorch CPU.
+"""Training and inference speed of SimpleConvNet: our NumPy network against PyTorch CPU, each
+library timed alone in its own process.
 
-Issue 2's figures, all float32, same shapes and the same starting weights in both:
+Figures, all float32, same shapes and the same starting weights in both:
 
-- one training step (forward, backward, Adam update) at batch 100; target ours <= 1.0x PyTorch;
+- one training step (forward, backward, Adam update) at batch 100; issue 16's target: ours
+  <= 0.7x PyTorch's time with the default threads and with one thread (stretch 0.5x);
 - ``predict_proba`` at batch 1, 100 and 1000 (PyTorch under ``torch.inference_mode`` with a
-  softmax, NumPy arrays in and out); target ours >= PyTorch's images/s at every batch size.
+  softmax, NumPy arrays in and out).
 
-Ours and PyTorch's are timed interleaved (order flipped every repetition) in one process, and
-the table shows medians of the repetitions and the median of the per-repetition ratios
-ours/torch (below 1 means we are faster). The load average is printed before and after: on a
-shared 2-core machine the ratio is the figure to trust, not the milliseconds.
+Why separate processes: in one process the two libraries' thread pools spin-wait on the same
+cores after each call and slow each other (PyTorch far more than us), which made the old
+interleaved figure 0.5x when timed alone it was about 0.93x. Here every repetition starts one
+fresh process per library (``benchmarks/train_step_worker.py``), the order alternating between
+repetitions, both with the same thread count; each process times 5 blocks of steps after a
+warm-up and reports their median. The table gives the median over repetitions with min-max, and
+*ratio* = median ours / median torch (below 1: ours faster).
 
-    .venv/bin/python benchmarks/train_speed.py              # about a minute
-    .venv/bin/python benchmarks/train_speed.py --json       # the same figures as JSON
-    .venv/bin/python benchmarks/train_speed.py --reps 9 --threads 1
+    .venv/bin/python benchmarks/train_speed.py                  # default threads, then 1 thread
+    .venv/bin/python benchmarks/train_speed.py --threads 1 --reps 7
+    .venv/bin/python benchmarks/train_speed.py --json
 
-The optimizer is ``training.optimizers.Adam`` (the trainer's own), so the step is what training
-runs. For reference the script also times a lean in-place Adam with the same arithmetic.
-Without torch installed, only our figures are printed.
+The whole-epoch comparison (the real ``convserve train`` against a plain PyTorch loop) is
+``benchmarks/train_epoch.py``. Without torch installed, only our figures are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import math
 import os
 import sys
-import time
-
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import REPO, environment, interleaved, median, set_threads  # noqa: E402
-from training.bundle import input_contract, normalise  # noqa: E402
-from training.network import Network, preset  # noqa: E402
-from training.optimizers import Adam  # noqa: E402
+from benchmarks.common import environment, run_json_child, spread  # noqa: E402
 
-BATCH = 100
-INFERENCE_BATCHES = (1, 100, 1000)
-# Calls per repetition: enough that one repetition takes tens of milliseconds.
-CALLS = {"train": 10, 1: 300, 100: 20, 1000: 3}
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_step_worker.py")
+INFERENCE_BATCHES = ("1", "100", "1000")
 
 
-def mnist_inputs(count: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` normalised MNIST test images (N, 1, 28, 28) float32 and labels (random
-    digit-like data when MNIST is not on this machine)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import find_mnist_dir, read_idx, synthetic_digits
-
-    directory = find_mnist_dir()
-    if directory is None:
-        images, labels = synthetic_digits(count)
-    else:
-        images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[:count]
-        labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[:count]
-    x = normalise(images, input_contract(0.1307, 0.3081), np.float32)
-    return x, labels.astype(np.intp)
+def median_of_blocks(values: list[float]) -> float:
+    return spread(values)["median"]
 
 
-class LeanAdam:
-    """Reference only: Adam with the same arithmetic as ``training.optimizers.Adam`` (no
-    weight decay), in place with one reused scratch array per parameter, to show what the
-    optimizer's share of a step could be."""
-
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
-        self.state: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.steps = 0
-
-    def step(self, params: dict, grads: dict) -> None:
-        self.steps += 1
-        correction2 = math.sqrt(1.0 - self.beta2**self.steps)
-        step_size = self.lr * correction2 / (1.0 - self.beta1**self.steps)
-        for name, param in params.items():
-            grad = grads[name]
-            if name not in self.state:
-                self.state[name] = tuple(np.zeros_like(param) for _ in range(3))
-            m, v, scratch = self.state[name]
-            m *= self.beta1
-            np.multiply(grad, 1.0 - self.beta1, out=scratch)
-            m += scratch
-            v *= self.beta2
-            np.multiply(grad, grad, out=scratch)
-            scratch *= 1.0 - self.beta2
-            v += scratch
-            np.sqrt(v, out=scratch)
-            scratch += self.eps * correction2
-            np.divide(m, scratch, out=scratch)
-            scratch *= step_size
-            param -= scratch
+def measure(threads: int | None, repetitions: int, libraries: list[str]) -> dict:
+    """Every repetition runs one worker process per library, in alternating order. Returns
+    {library: [worker result, ...]}."""
+    results: dict[str, list[dict]] = {name: [] for name in libraries}
+    for repetition in range(repetitions):
+        order = libraries if repetition % 2 == 0 else libraries[::-1]
+        for name in order:
+            args = [WORKER, name] + (["--threads", str(threads)] if threads else [])
+            results[name].append(run_json_child(args, threads))
+    return results
 
 
-def torch_twin(network: Network):
-    """The same architecture and weights in PyTorch, or None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 30, 5),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4320, 100),
-        torch.nn.ReLU(),
-        torch.nn.Linear(100, 10),
-    )
-    params = network.params()
-    with torch.no_grad():
-        model[0].weight.copy_(torch.from_numpy(params["conv1.W"]))
-        model[0].bias.copy_(torch.from_numpy(params["conv1.b"]))
-        # Both flatten (C, H, W) in the same order; Linear keeps W transposed.
-        model[4].weight.copy_(torch.from_numpy(params["fc1.W"].T))
-        model[4].bias.copy_(torch.from_numpy(params["fc1.b"]))
-        model[6].weight.copy_(torch.from_numpy(params["fc2.W"].T))
-        model[6].bias.copy_(torch.from_numpy(params["fc2.b"]))
-    return model
-
-
-def training_candidates(x, labels, with_torch: bool):
-    """name -> one training step, cycling over the batches of x."""
-    batches = [slice(i, i + BATCH) for i in range(0, len(x) - BATCH + 1, BATCH)]
-    candidates = {}
-    for name, optimizer_class in (("ours", Adam), ("ours_lean_adam", LeanAdam)):
-        network = Network(preset("simpleconvnet"), rng=np.random.default_rng(0))
-        optimizer = optimizer_class(lr=1e-3)
-        position = iter(range(10**12))
-
-        def step(network=network, optimizer=optimizer, position=position):
-            batch = batches[next(position) % len(batches)]
-            network.loss(x[batch], labels[batch])
-            optimizer.step(network.params(), network.backward())
-
-        candidates[name] = step
-    if with_torch:
-        import torch
-
-        model = torch_twin(Network(preset("simpleconvnet"), rng=np.random.default_rng(0)))
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        tx, tlabels = torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
-        position = iter(range(10**12))
-
-        def torch_step():
-            batch = batches[next(position) % len(batches)]
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(tx[batch]), tlabels[batch])
-            loss.backward()
-            optimizer.step()
-
-        candidates["torch"] = torch_step
-    return candidates
-
-
-def step_phases(x, labels, calls: int, repetitions: int) -> dict[str, float]:
-    """Median seconds of our forward+loss, backward and Adam update within a step."""
-    network = Network(preset("simpleconvnet"), rng=np.random.default_rng(0))
-    optimizer = Adam(lr=1e-3)
-    batches = [slice(i, i + BATCH) for i in range(0, len(x) - BATCH + 1, BATCH)]
-    phases = {"forward_loss": [], "backward": [], "adam": []}
-    for _ in range(repetitions):
-        totals = dict.fromkeys(phases, 0.0)
-        for i in range(calls):
-            batch = batches[i % len(batches)]
-            t0 = time.perf_counter()
-            network.loss(x[batch], labels[batch])
-            t1 = time.perf_counter()
-            grads = network.backward()
-            t2 = time.perf_counter()
-            optimizer.step(network.params(), grads)
-            t3 = time.perf_counter()
-            totals["forward_loss"] += t1 - t0
-            totals["backward"] += t2 - t1
-            totals["adam"] += t3 - t2
-        for name, total in totals.items():
-            phases[name].append(total / calls)
-    return {name: median(values) for name, values in phases.items()}
-
-
-def inference_candidates(network: Network, model, x, batch: int):
-    candidates = {"ours": lambda: network.predict_proba(x[:batch])}
-    if model is not None:
-        import torch
-
-        def torch_predict():
-            with torch.inference_mode():
-                return torch.softmax(model(torch.from_numpy(x[:batch])), dim=1).numpy()
-
-        candidates["torch"] = torch_predict
-    return candidates
-
-
-def run(repetitions: int) -> dict:
-    x, labels = mnist_inputs(1000)
-    report = {"environment_before": environment(), "repetitions": repetitions, "rows": []}
-    network = Network(preset("simpleconvnet"), rng=np.random.default_rng(0))
-    model = torch_twin(network)
-    if model is not None:
-        import torch
-
-        with torch.inference_mode():
-            expected = torch.softmax(model(torch.from_numpy(x[:100])), dim=1).numpy()
-        # Same weights, same inputs: if these differ, the two are not the same network.
-        report["max_abs_probability_difference"] = float(
-            np.abs(network.predict_proba(x[:100]) - expected).max()
-        )
-
-    train = interleaved(
-        training_candidates(x, labels, model is not None), CALLS["train"], repetitions
-    )
-    report["rows"].append(row("train step, batch 100", train, images=BATCH))
-    report["lean_adam_step_ms"] = 1e3 * median(train["ours_lean_adam"])
-    report["phases_ms"] = {
-        k: 1e3 * v for k, v in step_phases(x, labels, CALLS["train"], repetitions).items()
-    }
+def rows(results: dict[str, list[dict]]) -> list[dict]:
+    """Table rows: per measurement, the spread over repetitions of each library's per-process
+    median (seconds per call) and the ratio of the medians."""
+    measurements = [("train step, batch 100", lambda r: r["train_step"], 100)]
     for batch in INFERENCE_BATCHES:
-        times = interleaved(
-            inference_candidates(network, model, x, batch), CALLS[batch], repetitions
+        measurements.append(
+            (f"predict_proba, batch {batch}", lambda r, b=batch: r["inference"][b], int(batch))
         )
-        report["rows"].append(row(f"predict_proba, batch {batch}", times, images=batch))
-    report["environment_after"] = environment()
-    return report
-
-
-def row(name: str, times: dict[str, list[float]], images: int) -> dict:
-    ours = median(times["ours"])
-    out = {
-        "name": name,
-        "ours_ms": 1e3 * ours,
-        "ours_images_per_s": images / ours,
-        "ours_spread": max(times["ours"]) / min(times["ours"]),
-    }
-    if "torch" in times:
-        torch_time = median(times["torch"])
-        # Each repetition timed ours and torch's back to back: the median of those paired
-        # ratios shrugs off a slow spell that hit one repetition.
-        paired = [o / t for o, t in zip(times["ours"], times["torch"], strict=True)]
-        out.update(
-            torch_ms=1e3 * torch_time,
-            torch_images_per_s=images / torch_time,
-            ratio=median(paired),
-            ratio_of_medians=ours / torch_time,
-        )
+    out = []
+    for name, pick, images in measurements:
+        row = {"name": name, "images": images}
+        for library, runs in results.items():
+            row[library] = spread([median_of_blocks(pick(run)) for run in runs])
+        if "torch" in row:
+            row["ratio"] = row["ours"]["median"] / row["torch"]["median"]
+        out.append(row)
     return out
 
 
-def describe_blas(environment_info: dict) -> str:
-    """One line per thread pool: which library, its kernels and threads."""
-    parts = []
-    for pool in environment_info["blas"]:
-        text = f"{pool.get('prefix', pool.get('name', '?'))} {pool.get('version') or ''}".strip()
-        if pool.get("architecture"):
-            text += f", {pool['architecture']} kernels"
-        if "num_threads" in pool:
-            text += f", {pool['num_threads']} threads"
-        parts.append(f"{pool.get('package', pool.get('user_api'))}: {text}")
-    return "; ".join(parts)
+def phases_ms(ours_runs: list[dict]) -> dict[str, float]:
+    """Median over repetitions of our step's phases, in ms."""
+    names = ours_runs[0]["phases"]
+    return {
+        name: 1e3 * spread([median_of_blocks(run["phases"][name]) for run in ours_runs])["median"]
+        for name in names
+    }
+
+
+def run(threads_settings: list[int | None], repetitions: int) -> dict:
+    libraries = ["ours"]
+    if importlib.util.find_spec("torch") is not None:
+        libraries.append("torch")
+    report = {"environment_before": environment(with_torch=False), "settings": []}
+    report["repetitions"] = repetitions
+    for threads in threads_settings:
+        results = measure(threads, repetitions, libraries)
+        setting = {
+            "threads": threads or "default",
+            "rows": rows(results),
+            "phases_ms": phases_ms(results["ours"]),
+            "data": results["ours"][0]["data"],
+            "blas": results["ours"][0]["environment"]["blas"],
+        }
+        if "torch" in results:
+            first = results["torch"][0]
+            setting["torch"] = first["environment"]["torch"]
+            setting["torch_threads"] = first["torch_threads"]
+            setting["max_abs_probability_difference"] = max(
+                r["max_abs_probability_difference"] for r in results["torch"]
+            )
+        report["settings"].append(setting)
+    report["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+    return report
+
+
+def ms_cell(row: dict, library: str) -> str:
+    """'median (min-max)' in ms of one library's figure in a table row, or '-'."""
+    if library not in row:
+        return f"{'-':>22}"
+    s = row[library]
+    return f"{1e3 * s['median']:8.3f} ({1e3 * s['min']:.3f}-{1e3 * s['max']:.3f})".rjust(22)
+
+
+def print_setting(setting: dict) -> None:
+    print(
+        f"threads: {setting['threads']} (numpy BLAS and torch"
+        + (f"; torch reports {setting['torch_threads']}" if "torch_threads" in setting else "")
+        + ")"
+    )
+    print()
+    print(
+        f"| {'measurement':<26} | {'ours ms (min-max)':>22} | {'torch ms (min-max)':>22} | ratio |"
+    )
+    print(f"|{'-' * 28}|{'-' * 24}|{'-' * 24}|-------|")
+    for row in setting["rows"]:
+        ratio = f"{row['ratio']:5.2f}" if "ratio" in row else "    -"
+        print(f"| {row['name']:<26} | {ms_cell(row, 'ours')} | {ms_cell(row, 'torch')} | {ratio} |")
+    phases = setting["phases_ms"]
+    print(
+        "our step: forward+loss {forward_loss:.2f} ms, backward {backward:.2f} ms, "
+        "optimizer (training.optimizers.Adam) {optimizer:.2f} ms".format(**phases)
+    )
+    if "max_abs_probability_difference" in setting:
+        print(
+            "same weights, ours vs torch probabilities: max |difference| "
+            f"{setting['max_abs_probability_difference']:.1e}"
+        )
+    print()
 
 
 def print_report(report: dict) -> None:
-    before, after = report["environment_before"], report["environment_after"]
-    print(f"SimpleConvNet, float32 | {before['date']} | {before['cpu']}, {before['nproc']} CPUs")
-    torch_text = f"torch {before['torch']} ({before.get('torch_threads')} threads)"
-    print(f"numpy {before['numpy']} | {torch_text if before['torch'] else 'torch: not installed'}")
-    print(f"BLAS: {describe_blas(before)}")
+    env = report["environment_before"]
+    first = report["settings"][0]
+    print(f"SimpleConvNet, float32 | {env['date']} | {env['cpu']}, {env['nproc']} CPUs")
+    torch_text = f"torch {first['torch']}" if "torch" in first else "torch: not installed"
+    print(f"numpy {env['numpy']} | {torch_text} | data: {first['data']}")
     print(
-        f"OPENBLAS_CORETYPE={before['OPENBLAS_CORETYPE']} "
-        f"OPENBLAS_L2_SIZE={before['OPENBLAS_L2_SIZE']} (set on this machine, left alone)"
+        f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} "
+        f"OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']} (left alone)"
     )
-    print(f"load average before {before['loadavg']}, after {after['loadavg']}")
+    print(f"load average before {env['loadavg']}, after {report['loadavg_after']}")
     print(
-        f"medians of {report['repetitions']} interleaved repetitions; ratio = median of the "
-        "per-repetition ours/torch time ratios (< 1: ours faster)"
+        f"each library alone in its own process; {report['repetitions']} repetitions, order "
+        "alternating; ratio = median ours / median torch (< 1: ours faster)"
     )
     print()
-    print(
-        f"| {'measurement':<26} | {'ours ms':>9} | {'torch ms':>9} | {'ratio':>6} "
-        f"| {'ours img/s':>10} | {'torch img/s':>11} |"
-    )
-    print(f"|{'-' * 28}|{'-' * 11}|{'-' * 11}|{'-' * 8}|{'-' * 12}|{'-' * 13}|")
-    for r in report["rows"]:
-        torch_ms = f"{r['torch_ms']:9.3f}" if "torch_ms" in r else f"{'-':>9}"
-        ratio = f"{r['ratio']:6.2f}" if "ratio" in r else f"{'-':>6}"
-        torch_rate = f"{r['torch_images_per_s']:11,.0f}" if "torch_ms" in r else f"{'-':>11}"
-        print(
-            f"| {r['name']:<26} | {r['ours_ms']:9.3f} | {torch_ms} | {ratio} "
-            f"| {r['ours_images_per_s']:10,.0f} | {torch_rate} |"
-        )
-    phases = report["phases_ms"]
-    print()
-    print(
-        "our step: forward+loss {forward_loss:.2f} ms, backward {backward:.2f} ms, "
-        "Adam (training.optimizers) {adam:.2f} ms".format(**phases)
-    )
-    print(f"our step with a lean in-place Adam (reference): {report['lean_adam_step_ms']:.2f} ms")
-    if "max_abs_probability_difference" in report:
-        print(
-            "same weights, ours vs torch probabilities: max |difference| "
-            f"{report['max_abs_probability_difference']:.1e}"
-        )
+    for setting in report["settings"]:
+        print_setting(setting)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=9, help="repetitions (median; >= 5)")
-    parser.add_argument("--threads", type=int, help="BLAS and torch threads (default: theirs)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions (median; >= 3)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads for both libraries (default: the libraries' default, then 1)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    if args.reps < 5:
-        parser.error("--reps must be at least 5")
-    if args.threads:
-        set_threads(args.threads)
-    report = run(args.reps)
+    if args.reps < 3:
+        parser.error("--reps must be at least 3")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    settings = [args.threads] if args.threads else [None, 1]
+    report = run(settings, args.reps)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
