@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import find_mnist_dir, make_bundle
-from dockerspec import REPO, option_value, parse_dockerfile
 
+from tests.support.bundles import make_bundle
+from tests.support.dockerspec import REPO, option_value, parse_dockerfile
+from tests.support.mnist import find_mnist_dir
 from training.store import ModelStore
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from dockerspec import (
+
+from tests.support.dockerspec import (
     DOCKERFILE,
     REPO,
     DockerIgnore,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dockerspec import (
+
+from tests.support.dockerspec import (
     COMPOSE_FILE,
     K8S_DIR,
     REPO,

@@ -11,9 +11,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_MNIST_SIZES, find_mnist_dir, synthetic_digits, write_idx
 
 from convserve.cli import main
+from tests.support import REPO
+from tests.support.mnist import TINY_MNIST_SIZES, find_mnist_dir, synthetic_digits, write_idx
 from training.data import (
     Dataset,
     fingerprint_files,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, find_mnist_dir
 
+from tests.support import REPO
+from tests.support.mnist import find_mnist_dir
 from training import download
 from training.data import load_mnist, read_idx
 from training.download import MNIST_SHA256, download_mnist

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from training.bundle import load_bundle
 from convserve.cli import main
+from training.bundle import load_bundle
 
 # A couple of seconds at most: the mlp, a few hundred images, few epochs.
 FAST = ["--arch", "mlp", "--val-size", "100", "--epochs", "3", "--shift", "0", "--quiet"]

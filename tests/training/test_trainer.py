@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tests.support.bundles import make_bundle
 from training.augment import random_shift
 from training.bundle import input_contract, load_bundle
 from training.data import Dataset, load_mnist, split_validation
@@ -246,8 +247,6 @@ def test_evaluate_counts_every_image_exactly():
 
 
 def test_evaluate_a_bundle_uses_its_contract_and_labels(tmp_path, tiny_splits):
-    from conftest import make_bundle
-
     path = make_bundle(tmp_path / "m.npz", preset_name="mlp", classes=[3, 8])
     bundle = load_bundle(path)
     test_ds = tiny_splits[2]
