@@ -21,13 +21,14 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "ADMIN_TOKEN": (None, str),
     "MAX_BATCH": (256, int),
     "MAX_CONTENT_LENGTH": (10 * 1024 * 1024, int),
-    "MAX_IMAGE_PIXELS": (25_000_000, int),
+    "MAX_IMAGE_PIXELS": (8_388_608, int),
+    "MAX_REQUEST_PIXELS": (67_108_864, int),
     "MODEL_CACHE_SIZE": (4, int),
     "LOG_LEVEL": ("info", str),
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Settings that must be positive integers.
-POSITIVE_INTEGERS = ("MAX_BATCH", "MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS")
+POSITIVE_INTEGERS = ("MAX_BATCH", "MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "MAX_REQUEST_PIXELS")
 
 
 def load_config(config: Mapping | None = None, environ: Mapping | None = None) -> dict:
@@ -61,6 +62,11 @@ def check_config(settings: dict) -> None:
         value = settings[key]
         require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, "> 0")
     require(settings["MAX_IMAGE_PIXELS"] >= 28 * 28, "MAX_IMAGE_PIXELS", "at least 784")
+    require(
+        settings["MAX_REQUEST_PIXELS"] >= settings["MAX_IMAGE_PIXELS"],
+        "MAX_REQUEST_PIXELS",
+        "at least MAX_IMAGE_PIXELS",
+    )
     cache = settings["MODEL_CACHE_SIZE"]
     require(isinstance(cache, int) and cache >= 0, "MODEL_CACHE_SIZE", "an integer >= 0")
     interval = settings["RELOAD_INTERVAL_S"]

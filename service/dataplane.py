@@ -60,7 +60,7 @@ class DataPlane:
         self._limits = {
             "max_batch": settings["MAX_BATCH"],
             "max_image_pixels": settings["MAX_IMAGE_PIXELS"],
-            "max_request_pixels": settings.get("MAX_REQUEST_PIXELS", 100_000_000),
+            "max_request_pixels": settings["MAX_REQUEST_PIXELS"],
         }
         self._specs: dict[tuple[int, ...], InputSpec] = {}
 

@@ -32,7 +32,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from service.dataplane import Predictions
 from service.errors import BadRequest, NotReady
-from service.inputs.json_values import images_array
+from service.inputs.json_values import check_json_value_count, images_array
 from service.inputs.validate import InputSpec, batch_count, check_batch_size
 from service.predictor import ServedModel
 from service.routes import service_state
@@ -163,6 +163,7 @@ def infer(name: str, version_text: str | None):
     payload, binary = split_body(
         read_body(request, current_app.config["MAX_CONTENT_LENGTH"]),
         request.headers.get(HEADER_LENGTH),
+        dataplane.spec(model),
     )
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -209,8 +210,9 @@ def infer_response(result: Predictions, outputs: list[tuple[str, bool]], request
 # ------------------------------------------------------------------------------ parsing
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
-    """The request body -> (JSON inference request, the binary tensor bytes after it)."""
+def split_body(body: bytes, header_length: str | None, spec: InputSpec) -> tuple[dict, bytes]:
+    """The request body -> (JSON inference request, the binary tensor bytes after it). The
+    JSON part's size is checked against ``spec`` before it is parsed."""
     binary = b""
     if header_length is not None:
         text = header_length.strip()
@@ -221,6 +223,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
             )
         size = int(text)
         body, binary = body[:size], body[size:]
+    check_json_value_count(body, spec)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

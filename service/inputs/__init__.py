@@ -20,10 +20,21 @@ from __future__ import annotations
 import numpy as np
 
 from service.errors import BadRequest
-from service.inputs.images import pixels_from_image, pixels_to_png_data_url
+from service.inputs.images import (
+    decoded_pixels,
+    open_image,
+    pixels_from_image,
+    pixels_from_opened,
+    pixels_to_png_data_url,
+)
 from service.inputs.json_values import predict_body_values
 from service.inputs.npy import npy_values
-from service.inputs.validate import InputSpec, check_batch_size, pixel_batch
+from service.inputs.validate import (
+    InputSpec,
+    check_batch_size,
+    check_request_pixels,
+    pixel_batch,
+)
 
 __all__ = [
     "PAYLOAD_KINDS",
@@ -54,8 +65,11 @@ def pixels_from_payload(kind: str, payload, spec: InputSpec) -> np.ndarray:
 
 
 def _image_files(files: list[bytes], spec: InputSpec) -> np.ndarray:
-    """Several image files -> float32 (N, 28, 28); the count is checked before decoding."""
+    """Several image files -> float32 (N, 28, 28). The count, each image's size and the
+    pixels of all of them together are checked from the headers before anything is decoded."""
     if not files:
         raise BadRequest("no image file in the request")
     check_batch_size(len(files), spec, "images")
-    return np.stack([pixels_from_image(data, spec) for data in files])
+    images = [open_image(data, spec) for data in files]
+    check_request_pixels(sum(map(decoded_pixels, images)), spec, "images")
+    return np.stack([pixels_from_opened(image) for image in images])

@@ -14,7 +14,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from service.errors import BadRequest, PayloadTooLarge
 from service.inputs.mnist_form import (
@@ -35,38 +35,100 @@ def pixels_from_image(data: bytes, spec: InputSpec) -> np.ndarray:
 
     Any size, colour mode and polarity (dark ink on light paper or light on dark); a drawing
     on a transparent canvas; a photo of a digit on unevenly lit paper. Raises
-    ``PayloadTooLarge`` when the image has more than ``spec.max_image_pixels`` pixels (checked
-    from the header, before decoding), ``BadRequest`` when it cannot be decoded or holds no ink.
+    ``PayloadTooLarge`` when the image decodes to more than ``spec.max_image_pixels`` pixels
+    (checked from the header, before decoding), ``BadRequest`` when it cannot be decoded or
+    holds no ink.
     """
+    return pixels_from_opened(open_image(data, spec))
+
+
+def open_image(data: bytes, spec: InputSpec) -> Image.Image:
+    """Read an image file's header (nothing is decoded yet) and check what decoding it would
+    cost: at most ``spec.max_image_pixels`` decoded pixels. JPEG is set to decode at 1/2, 1/4
+    or 1/8 scale for free when that still leaves WORKING_SIDE pixels, so a 48-megapixel photo
+    costs what a 0.75-megapixel one does."""
     if not data:
         raise BadRequest("empty image file")
-    greyscale = _decode_greyscale(data, spec.max_image_pixels)
-    ink = ink_from_greyscale(greyscale)
-    return normalise_like_mnist(ink)
+    with _decoding_errors_as_client_errors():
+        image = Image.open(io.BytesIO(data))
+        image.draft(None, (WORKING_SIDE, WORKING_SIDE))  # JPEG only; others ignore it
+        check_pixel_count(image.size, spec.max_image_pixels)
+        return image
 
 
-def _decode_greyscale(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode, orient, composite transparency and reduce -> float32 (H, W) grey levels 0-255
-    (0 black) with max(H, W) <= WORKING_SIDE."""
+def decoded_pixels(image: Image.Image) -> int:
+    """Pixels ``image`` (from ``open_image``) decodes to."""
+    width, height = image.size
+    return width * height
+
+
+def pixels_from_opened(image: Image.Image) -> np.ndarray:
+    """An image from ``open_image`` -> pixels (28, 28) float32 0-255 (MNIST convention)."""
+    with _decoding_errors_as_client_errors():
+        greyscale = _decode_greyscale(image)
+    return normalise_like_mnist(ink_from_greyscale(greyscale))
+
+
+def _decode_greyscale(image: Image.Image) -> np.ndarray:
+    """Decode, reduce, orient and composite transparency -> float32 (H, W) grey levels 0-255
+    (0 black) with max(H, W) <= WORKING_SIDE.
+
+    Memory: the decoded image at its own depth (at most MAX_IMAGE_PIXELS pixels of 1-4 bytes
+    after JPEG's draft scaling) and then only small copies: it is reduced with a box filter
+    in its own mode before any conversion, orientation or compositing, and every float array
+    is made from the reduced image.
+    """
+    image.load()
+    orientation = _exif_orientation(image)
+    if image.mode in ("P", "PA", "1"):  # palette and 1-bit: no box filter; 1-2 bytes a pixel
+        image = image.convert("LA" if image.has_transparency_data else "L")
+    factor = max(image.size) // WORKING_SIDE
+    if factor >= 2 and image.mode in _REDUCIBLE_MODES:
+        # Integer box reduction in place of the first step: resize() would first copy an
+        # RGBA image whole into premultiplied form; reduce() never copies the full size.
+        image = image.reduce(factor)
+    if max(image.size) > WORKING_SIDE:
+        scale = WORKING_SIDE / max(image.size)
+        width, height = image.size
+        reduced_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(reduced_size, Image.Resampling.BOX)
+    if orientation in _TRANSPOSITIONS:
+        image = image.transpose(_TRANSPOSITIONS[orientation])
+    return np.asarray(_composited_greyscale(image), dtype=np.float32)
+
+
+# Modes Image.reduce() takes (not palette, 1-bit or the 16-bit "I;16*" family).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr"})
+
+# EXIF orientation -> the transposition that shows the picture upright (ImageOps.exif_transpose).
+_TRANSPOSITIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _exif_orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation tag, or None (absent or malformed EXIF: keep the stored way up)."""
+    with contextlib.suppress(Exception):
+        return image.getexif().get(0x0112)
+    return None
+
+
+@contextlib.contextmanager
+def _decoding_errors_as_client_errors():
+    """Whatever decoding raises on hostile bytes becomes a 400 (or a 413 for a decompression
+    bomb or an image too large for memory); never a 500."""
     try:
         # Pillow warns (and errors at twice the size) on decompression bombs while reading
         # the header; turn its warning into an exception we can answer with 413.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            _check_pixel_count(image.size, max_pixels)
-            # JPEG can decode at 1/2, 1/4 or 1/8 scale for free: never more than we analyse.
-            image.draft(None, (WORKING_SIDE, WORKING_SIDE))
-            with contextlib.suppress(Exception):  # malformed EXIF: keep the stored orientation
-                image = ImageOps.exif_transpose(image)
-            _check_pixel_count(image.size, max_pixels)
-            greyscale = _composited_greyscale(image)
-            if max(greyscale.size) > WORKING_SIDE:
-                scale = WORKING_SIDE / max(greyscale.size)
-                width, height = greyscale.size
-                reduced_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                greyscale = greyscale.resize(reduced_size, Image.Resampling.BOX)
-            return np.asarray(greyscale, dtype=np.float32)
+            yield
     except (PayloadTooLarge, BadRequest):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -84,11 +146,13 @@ def _decode_greyscale(data: bytes, max_pixels: int) -> np.ndarray:
         raise BadRequest(f"cannot decode the image: {exc or type(exc).__name__}") from None
 
 
-def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
+def check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
+    """PayloadTooLarge for an image of more than ``max_pixels`` pixels (MAX_IMAGE_PIXELS)."""
     width, height = size
     if width * height > max_pixels:
         raise PayloadTooLarge(
-            f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels"
+            f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels "
+            "(MAX_IMAGE_PIXELS)"
         )
     if width < 1 or height < 1:
         raise BadRequest(f"image of {width}x{height} pixels has no pixels")

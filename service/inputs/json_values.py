@@ -14,8 +14,12 @@ from numbers import Real
 import numpy as np
 import orjson
 
-from service.errors import BadRequest
+from service.errors import BadRequest, PayloadTooLarge
 from service.inputs.validate import InputSpec, check_batch_size, describe_bad_number
+
+# Separators a JSON body may hold besides those between pixel values (keys, objects, the V2
+# request's fields): generous, since all it guards is memory.
+_SPARE_SEPARATORS = 4096
 
 
 def parse_json(body: bytes | str) -> object:
@@ -27,6 +31,20 @@ def parse_json(body: bytes | str) -> object:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(_describe_json_error(body, exc)) from None
+
+
+def check_json_value_count(raw: bytes, spec: InputSpec) -> None:
+    """PayloadTooLarge for a JSON body holding more values than MAX_BATCH images have pixels,
+    counted before parsing: every value after the first follows a comma, and one parsed
+    value costs a Python object (~32 bytes), so 10 MiB of short numbers would take ~160 MiB
+    to parse only to be refused. Counting commas is a memchr over the bytes."""
+    limit = spec.max_batch * spec.image_values + _SPARE_SEPARATORS
+    values = raw.count(b",") + 1
+    if values > limit:
+        raise PayloadTooLarge(
+            f"the JSON body holds about {values} values; {spec.max_batch} images (MAX_BATCH) "
+            f"of {spec.image_values} pixels need at most {limit}"
+        )
 
 
 def _describe_json_error(body: bytes | str, exc: Exception) -> str:
@@ -51,6 +69,7 @@ def predict_body_values(body: bytes | str, spec: InputSpec) -> tuple[np.ndarray,
     list or empty object.
     """
     raw = body.encode() if isinstance(body, str) else bytes(body)
+    check_json_value_count(raw, spec)
     numbers_only = raw.count(b'"') == 2 and b"u" not in raw and b"l" not in raw
     return predict_payload_values(parse_json(raw), spec, numbers_only=numbers_only)
 

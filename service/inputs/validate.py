@@ -30,8 +30,8 @@ class InputSpec:
 
     image_shape: tuple[int, int] = (28, 28)
     max_batch: int = 256
-    max_image_pixels: int = 25_000_000
-    max_request_pixels: int = 100_000_000
+    max_image_pixels: int = 8_388_608
+    max_request_pixels: int = 67_108_864
 
     @property
     def image_values(self) -> int:
@@ -54,6 +54,16 @@ def check_batch_size(count: int, spec: InputSpec, where: str) -> None:
     if count > spec.max_batch:
         raise PayloadTooLarge(
             f"{where}: batch of {count} is over the limit of {spec.max_batch} (MAX_BATCH)"
+        )
+
+
+def check_request_pixels(total: int, spec: InputSpec, where: str) -> None:
+    """PayloadTooLarge when a request's images decode to more than ``spec.max_request_pixels``
+    pixels in all: the bound on one request's work, checked before any image is decoded."""
+    if total > spec.max_request_pixels:
+        raise PayloadTooLarge(
+            f"{where}: {total} pixels to decode in one request, over the limit of "
+            f"{spec.max_request_pixels} (MAX_REQUEST_PIXELS)"
         )
 
 
