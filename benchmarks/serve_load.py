@@ -50,7 +50,7 @@ import numpy as np
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the packages, and the test helpers
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # the packages, and common.py
 
 
 def free_port() -> int:
@@ -61,14 +61,9 @@ def free_port() -> int:
 
 def sample_digit() -> tuple[list[list[int]], int]:
     """One MNIST test digit (or a synthetic one when MNIST is absent) and its label."""
-    from conftest import find_mnist_dir, read_idx, synthetic_digits
+    from common import mnist_test_digits
 
-    directory = find_mnist_dir()
-    if directory is None:
-        images, labels = synthetic_digits(1)
-    else:
-        images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[:1]
-        labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[:1]
+    images, labels, _ = mnist_test_digits(1)
     return images[0].tolist(), int(labels[0])
 
 
@@ -149,11 +144,15 @@ def children_cpu_seconds() -> float:
 
 def publish_untrained(store: Path, directory: Path) -> None:
     """Publish an untrained SimpleConvNet as mnist@production into ``store`` (a temporary copy)."""
-    from conftest import make_bundle
-
+    from training.bundle import build_metadata, input_contract, save_bundle
+    from training.network import Network, preset
     from training.store import ModelStore
 
-    bundle = make_bundle(directory / "untrained.npz")
+    network = Network(preset("simpleconvnet"), rng=np.random.default_rng(0))
+    metadata = build_metadata(
+        network, contract=input_contract(0.1307, 0.3081), class_labels=list(range(10))
+    )
+    bundle = save_bundle(directory / "untrained.npz", network, metadata)
     ModelStore(store).publish(bundle, "mnist", alias="production", force=True, note="untrained")
 
 
