@@ -4,8 +4,9 @@ gunicorn server (2 workers) on a temporary store holding mnist:1 (production) an
 from __future__ import annotations
 
 import pytest
-from conftest import make_store
-from e2e_testlib import GunicornServer
+
+from tests.support.bundles import make_store
+from tests.support.servers import GunicornServer
 
 
 @pytest.fixture(scope="session")

@@ -16,23 +16,20 @@ import base64
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from conftest import find_mnist_dir, make_bundle
 
+from tests.support import REPO
+from tests.support.bundles import make_bundle
+from tests.support.mnist import find_mnist_dir
+from tests.support.servers import GunicornServer
 from training.store import ModelStore
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -114,65 +111,19 @@ def untrained_bundle_with_history(path: Path) -> Path:
     return save_bundle(path, network, metadata)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(served_store, tmp_path_factory):
     """A real gunicorn (one worker) on a free loopback port: yields its base URL."""
     root, _ = served_store
-    port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = {
-        **os.environ,
-        "BIND": f"127.0.0.1:{port}",
-        "WORKERS": "1",
-        "MODEL_STORE": str(root),
-        "MODEL_NAME": "mnist",
-        "MODEL_ALIAS": "production",
-        "MAX_CONTENT_LENGTH": str(MAX_CONTENT_LENGTH),
-        "LOG_LEVEL": "warning",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "service/gunicorn.conf.py",
-        "service.app:create_app()",
-    ]
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
+    settings = {"MODEL_NAME": "mnist", "MODEL_ALIAS": "production", "LOG_LEVEL": "warning"}
+    running = GunicornServer(
+        root, log, WORKERS="1", MAX_CONTENT_LENGTH=str(MAX_CONTENT_LENGTH), **settings
+    ).start()
     try:
-        deadline = time.monotonic() + 60
-        for _ in range(600):
-            if process.poll() is not None:
-                pytest.fail(f"gunicorn exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if requests.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gunicorn not ready within 60 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"gunicorn not ready:\n{log.read_text()}")
-        yield base
+        yield running.url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,10 @@ import time
 import numpy as np
 import pytest
 import requests
-from conftest import make_bundle, make_store
-from e2e_testlib import GunicornServer, metric_samples, metric_total
+
+from tests.support.bundles import make_bundle, make_store
+from tests.support.http import metric_samples, metric_total
+from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.slow
 

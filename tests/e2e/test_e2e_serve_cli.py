@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import make_bundle
-from e2e_testlib import free_port, wait_until_ready
 
+from tests.support.bundles import make_bundle
+from tests.support.servers import free_port, wait_until_ready
 from training.store import ModelStore
 
 pytestmark = pytest.mark.slow

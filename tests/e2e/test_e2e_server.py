@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 import requests
-from e2e_testlib import metric_samples, metric_total
 from PIL import Image
 
+from tests.support.http import metric_samples, metric_total
 from training.store import ModelStore
 
 pytest_plugins = ["e2e_fixtures"]
