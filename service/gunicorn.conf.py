@@ -3,13 +3,17 @@
 
 Environment: BIND (default 0.0.0.0:8000), WORKERS (default: one per CPU core available),
 LOG_LEVEL (gunicorn's own log level too), PROMETHEUS_MULTIPROC_DIR (default: a fresh temporary
-directory, removed at exit; a given one is created if missing and emptied at master start).
+directory, removed at exit; a given one is created if missing and emptied at master start),
+DRAIN_SECONDS (default 5: how long readiness fails after SIGTERM before the server stops
+accepting; see service/draining.py), GRACEFUL_TIMEOUT (default 20: seconds the workers get to
+finish the requests in hand and queued once the listener is closed).
 The app reads its own settings (MODEL_STORE, ...) from the same environment; see
 docs/SERVING.md.
 
 Why these choices:
 
-* sync workers: one request at a time per process, connections closed after each response.
+* sync workers (service/draining.py's DrainingSyncWorker: answers the queued connections
+  before it exits): one request at a time per process, connections closed after each response.
   gthread workers were faster on a no-op route but twice collapsed 3.5x when one worker took
   all keep-alive connections; sync stayed stable.
 * one BLAS thread per worker: the workers are the parallelism; BLAS threads on top only fight
@@ -26,6 +30,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 # Before numpy is imported anywhere (workers inherit the master's environment). Only if unset,
@@ -52,6 +57,14 @@ elif os.environ.get(_CLEANED_BY_VARIABLE) != str(os.getpid()):
         _stale.unlink(missing_ok=True)
 os.environ[_CLEANED_BY_VARIABLE] = str(os.getpid())
 
+# The drain file (service/draining.py): created by the master on SIGTERM, seen by every worker.
+_DRAIN_FILE_VARIABLE = "CONVSERVE_DRAIN_FILE"
+if not os.environ.get(_DRAIN_FILE_VARIABLE):
+    os.environ[_DRAIN_FILE_VARIABLE] = str(
+        Path(tempfile.mkdtemp(prefix="convserve-drain-")) / "draining"
+    )
+drain_seconds = float(os.environ.get("DRAIN_SECONDS") or 5)
+
 
 def _default_workers() -> int:
     try:
@@ -62,9 +75,9 @@ def _default_workers() -> int:
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WORKERS") or _default_workers())
-worker_class = "sync"
+worker_class = "service.draining.DrainingSyncWorker"
 timeout = 30
-graceful_timeout = 20
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT") or 20)
 preload_app = True
 # No gunicornc control socket: several servers on one machine would fight over its one path.
 control_socket_disable = True
@@ -73,6 +86,24 @@ control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+def when_ready(server):
+    """SIGTERM drains before it stops: readiness fails at once, the server keeps answering for
+    DRAIN_SECONDS, then gunicorn's graceful stop runs (service/draining.py)."""
+    stop = server.handle_term
+
+    def drain_then_stop():
+        Path(os.environ[_DRAIN_FILE_VARIABLE]).touch()
+        if drain_seconds > 0:
+            server.log.info(
+                "SIGTERM: not ready from now on; still answering for %g s (DRAIN_SECONDS)",
+                drain_seconds,
+            )
+            time.sleep(drain_seconds)
+        stop()
+
+    server.handle_term = drain_then_stop
 
 
 def post_worker_init(worker):
@@ -100,7 +131,9 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Remove the metrics directory if this configuration created it."""
+    """Remove the drain file's directory, and the metrics directory if this configuration
+    created it."""
+    shutil.rmtree(Path(os.environ[_DRAIN_FILE_VARIABLE]).parent, ignore_errors=True)
     owned = os.environ.get(_OWNED_DIR_VARIABLE)
     if owned and owned == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(owned, ignore_errors=True)

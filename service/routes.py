@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from service.catalog import Catalog
 from service.dataplane import DataPlane, Predictions
+from service.draining import is_draining
 from service.errors import Forbidden, NotFound, NotReady, ServiceError, Unauthorized
 from service.inputs import pixels_to_png_data_url
 from service.metrics import ServiceMetrics
@@ -66,6 +67,8 @@ def readyz():
     served = predictor.served
     if served is None:
         raise NotReady(predictor.not_ready_message())
+    if is_draining():
+        raise NotReady("draining: this server is shutting down and takes no new work")
     g.model_version = served.version
     return json_response(
         {"status": "ready", "model": {"name": served.name, "version": served.version}}

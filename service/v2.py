@@ -31,6 +31,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from service.dataplane import Predictions
+from service.draining import is_draining
 from service.errors import BadRequest, NotReady
 from service.inputs.json_values import check_json_value_count, images_array
 from service.inputs.validate import InputSpec, batch_count, check_batch_size
@@ -125,6 +126,8 @@ def server_ready():
     predictor = service_state().predictor
     if not predictor.ready:
         raise NotReady(predictor.not_ready_message())
+    if is_draining():
+        raise NotReady("draining: this server is shutting down and takes no new work")
     return _json({"ready": True})
 
 

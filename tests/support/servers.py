@@ -44,6 +44,7 @@ class GunicornServer:
             "MODEL_STORE": str(store),
             "ADMIN_TOKEN": ADMIN_TOKEN,
             "LOG_LEVEL": "info",
+            "DRAIN_SECONDS": "0",  # stopping a test server need not wait for a load balancer
             **settings,
         }
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the config makes a fresh one
