@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_bundle
-from service_testlib import MODEL, build_app
 
+from tests.support.apps import MODEL, build_app
+from tests.support.bundles import make_bundle
 from training.store import ModelStore
 
 

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from service_testlib import build_app
 
 from service.config import SETTINGS, load_config
+from tests.support.apps import build_app
 
 pytest_plugins = ["service_fixtures"]
 

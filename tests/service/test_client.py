@@ -394,8 +394,7 @@ def test_cli_usage_errors(tmp_path, capsys, arguments):
 @pytest.fixture
 def real_service(tmp_path):
     app_module = pytest.importorskip("service.app")
-    from conftest import make_bundle
-
+    from tests.support.bundles import make_bundle
     from training.store import ModelStore
 
     store = ModelStore(tmp_path / "store")

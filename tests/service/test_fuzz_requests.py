@@ -11,7 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
-from service_testlib import build_app, digit_pixels, npy_bytes, png_bytes
+
+from tests.support.apps import build_app
+from tests.support.http import npy_bytes, png_bytes
+from tests.support.mnist import synthetic_digit
 
 FUZZ_SETTINGS = settings(
     deadline=None,
@@ -23,7 +26,7 @@ FUZZ_SETTINGS = settings(
 
 @pytest.fixture(scope="module")
 def fuzz_client(tmp_path_factory):
-    from conftest import make_store
+    from tests.support.bundles import make_store
 
     directory = tmp_path_factory.mktemp("fuzz")
     make_store(
@@ -57,10 +60,10 @@ flat_like = st.lists(pixel_values, min_size=780, max_size=790)
 almost_valid_images = st.one_of(
     image_like,
     flat_like,
-    st.just(digit_pixels().tolist()),
+    st.just(synthetic_digit().tolist()),
     st.builds(
         lambda rows, row: rows[:row] + [["x"] * 28] + rows[row + 1 :],
-        st.just(digit_pixels().tolist()),
+        st.just(synthetic_digit().tolist()),
         st.integers(0, 27),
     ),
 )
@@ -125,7 +128,9 @@ def multipart_bodies(draw) -> tuple[bytes, str]:
     parts = []
     for index in range(draw(st.integers(0, 10))):
         content = draw(
-            st.one_of(image_bodies(), st.binary(max_size=200), st.just(png_bytes(digit_pixels())))
+            st.one_of(
+                image_bodies(), st.binary(max_size=200), st.just(png_bytes(synthetic_digit()))
+            )
         )
         if draw(st.booleans()):
             disposition = f'form-data; name="image"; filename="f{index}.png"'
@@ -237,7 +242,7 @@ v2_tensors = st.fixed_dictionaries(
     },
     optional={
         "data": st.one_of(
-            json_values, flat_like, st.just([0] * 784), st.just(digit_pixels().tolist())
+            json_values, flat_like, st.just([0] * 784), st.just(synthetic_digit().tolist())
         ),
         "parameters": st.one_of(
             json_values,

@@ -7,20 +7,16 @@ import threading
 import time
 
 import pytest
-from service_testlib import (
-    ADMIN_TOKEN,
-    build_app,
-    corrupt_bundle,
-    digit_pixels,
-    error_of,
-    point_alias_by_hand,
-)
 
+from tests.support.apps import ADMIN_TOKEN, build_app
+from tests.support.bundles import corrupt_bundle, point_alias_by_hand
+from tests.support.http import error_of
+from tests.support.mnist import synthetic_digit
 from training.store import ModelStore
 
 pytest_plugins = ["service_fixtures"]
 
-BODY = json.dumps({"image": digit_pixels().tolist()})
+BODY = json.dumps({"image": synthetic_digit().tolist()})
 
 
 def served_version(client) -> int:
@@ -266,19 +262,30 @@ def test_the_poller_swaps_within_the_interval_while_requests_keep_succeeding(
     assert 1 in versions_seen and versions_seen[-1] == 2
 
 
+def pollers_started_since(before: set[threading.Thread]) -> list[threading.Thread]:
+    """The poller threads (named convserve-poller-<model>) alive now and not in ``before``."""
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread not in before and thread.name.startswith("convserve-poller-")
+    ]
+
+
 def test_ensure_started_runs_once_per_process(app):
     predictor = app.extensions["convserve"].predictor
     predictor.reload_interval_s = 60.0
+    before = set(threading.enumerate())
     predictor.ensure_started()
-    first = predictor._poller
+    (first,) = pollers_started_since(before)
+    assert first.name == "convserve-poller-mnist"
     predictor.ensure_started()
-    assert predictor._poller is first and first.is_alive()
+    assert pollers_started_since(before) == [first] and first.is_alive()
     predictor.stop()
     assert not first.is_alive()
     # A forked child sees another pid (and none of the parent's threads): it starts its own.
-    predictor._started_in_pid = -1
+    predictor._started_in_pid = -1  # private: a child's pid without forking a threaded pytest
     predictor.ensure_started()
-    second = predictor._poller
+    (second,) = pollers_started_since(before)
     assert second is not first and second.is_alive()
     predictor.stop()
     assert not second.is_alive()

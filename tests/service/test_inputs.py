@@ -21,6 +21,7 @@ from scipy import ndimage
 from service.errors import BadRequest, PayloadTooLarge
 from service.inputs import InputSpec, pixel_batch, pixels_from_payload, pixels_to_png_data_url
 from service.inputs.json_values import predict_payload_values
+from tests.support.http import npy_bytes
 
 
 def pixels_from_json_body(body: bytes, max_batch: int) -> np.ndarray:
@@ -296,12 +297,6 @@ def test_arbitrary_bytes_give_pixels_or_a_client_error(body):
 # --------------------------------------------------------------------------------------------
 # .npy
 # --------------------------------------------------------------------------------------------
-
-
-def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=allow_pickle)
-    return buffer.getvalue()
 
 
 def npy_header_only(shape, descr="<f4") -> bytes:

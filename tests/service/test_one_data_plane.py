@@ -7,16 +7,18 @@ import json
 
 import numpy as np
 import pytest
-from service_testlib import digit_pixels
+
+from tests.support.apps import TEST_SETTINGS
+from tests.support.mnist import synthetic_digit
 
 pytest_plugins = ["service_fixtures"]
 
-MAX_BATCH = 8  # service_testlib.TEST_SETTINGS
+MAX_BATCH = TEST_SETTINGS["MAX_BATCH"]
 HEADER = "Inference-Header-Content-Length"
 
 
 def digits(count: int) -> list:
-    return [digit_pixels(seed).tolist() for seed in range(count)]
+    return [synthetic_digit(seed).tolist() for seed in range(count)]
 
 
 def with_value(images: list, index: int, row: int, column: int, value) -> list:
@@ -116,8 +118,8 @@ def test_a_wrong_image_shape_is_a_400_on_both_routes(client):
 
 
 BINARY_CASES = {
-    "valid float32": np.stack([digit_pixels(s) for s in range(3)]).astype(np.float32),
-    "valid uint8": np.stack([digit_pixels(s) for s in range(3)]),
+    "valid float32": np.stack([synthetic_digit(s) for s in range(3)]).astype(np.float32),
+    "valid uint8": np.stack([synthetic_digit(s) for s in range(3)]),
     "NaN": np.where(np.eye(28, dtype=bool), np.nan, 0).astype(np.float32)[None],
     "infinity": np.full((2, 28, 28), -np.inf, dtype=np.float32),
     "over 255": (np.eye(28) * 256).astype(np.float32)[None].repeat(2, 0),

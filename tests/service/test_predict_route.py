@@ -7,14 +7,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from service_testlib import (
-    corrupt_bundle,
-    digit_pixels,
-    error_of,
-    expected_probabilities,
-    npy_bytes,
-    png_bytes,
-)
+
+from tests.support.apps import build_app, expected_probabilities
+from tests.support.bundles import corrupt_bundle
+from tests.support.http import error_of, npy_bytes, png_bytes
+from tests.support.mnist import synthetic_digit
 
 pytest_plugins = ["service_fixtures"]
 
@@ -29,7 +26,7 @@ def post_json(client, document, query=""):
 
 
 def test_one_json_image_gives_the_served_versions_own_probabilities(client, store_root):
-    pixels = digit_pixels(1)
+    pixels = synthetic_digit(1)
     response = post_json(client, {"image": pixels.tolist()})
     assert response.status_code == 200
     document = response.get_json()
@@ -43,7 +40,7 @@ def test_one_json_image_gives_the_served_versions_own_probabilities(client, stor
 
 
 def test_a_batch_is_answered_in_order(client, store_root):
-    batch = np.stack([digit_pixels(seed) for seed in range(5)])
+    batch = np.stack([synthetic_digit(seed) for seed in range(5)])
     response = post_json(client, {"images": batch.tolist()})
     assert response.status_code == 200
     got = np.array([p["probabilities"] for p in response.get_json()["predictions"]])
@@ -51,21 +48,21 @@ def test_a_batch_is_answered_in_order(client, store_root):
 
 
 def test_flat_784_values_are_accepted(client):
-    response = post_json(client, {"image": digit_pixels().reshape(-1).tolist()})
+    response = post_json(client, {"image": synthetic_digit().reshape(-1).tolist()})
     assert response.status_code == 200
 
 
 def test_charset_parameter_on_the_json_content_type_is_fine(client):
     response = client.post(
         "/predict",
-        data=json.dumps({"image": digit_pixels().tolist()}),
+        data=json.dumps({"image": synthetic_digit().tolist()}),
         content_type="application/json; charset=utf-8",
     )
     assert response.status_code == 200
 
 
 def test_npy_body(client, store_root):
-    batch = np.stack([digit_pixels(2), digit_pixels(3)]).astype(np.float32)
+    batch = np.stack([synthetic_digit(2), synthetic_digit(3)]).astype(np.float32)
     response = client.post("/predict", data=npy_bytes(batch), content_type="application/x-npy")
     assert response.status_code == 200
     got = np.array([p["probabilities"] for p in response.get_json()["predictions"]])
@@ -73,7 +70,7 @@ def test_npy_body(client, store_root):
 
 
 def test_multipart_with_several_image_files_keeps_their_order(client):
-    first, second = digit_pixels(1), digit_pixels(6)
+    first, second = synthetic_digit(1), synthetic_digit(6)
     response = client.post(
         "/predict",
         data={
@@ -102,13 +99,13 @@ def test_multipart_with_several_image_files_keeps_their_order(client):
 
 
 def test_raw_image_body(client):
-    response = client.post("/predict", data=png_bytes(digit_pixels()), content_type="image/png")
+    response = client.post("/predict", data=png_bytes(synthetic_digit()), content_type="image/png")
     assert response.status_code == 200
     assert len(response.get_json()["predictions"]) == 1
 
 
 def test_explain_returns_the_image_the_model_saw(client):
-    pixels = digit_pixels(4)
+    pixels = synthetic_digit(4)
     response = post_json(client, {"image": pixels.tolist()}, "?explain=1")
     assert response.status_code == 200
     (prediction,) = response.get_json()["predictions"]
@@ -121,7 +118,8 @@ def test_explain_returns_the_image_the_model_saw(client):
 
 
 def test_without_explain_there_are_no_explanations(client):
-    (prediction,) = post_json(client, {"image": digit_pixels().tolist()}).get_json()["predictions"]
+    response = post_json(client, {"image": synthetic_digit().tolist()})
+    (prediction,) = response.get_json()["predictions"]
     assert set(prediction) == {"label", "confidence", "probabilities"}
 
 
@@ -129,7 +127,7 @@ def test_without_explain_there_are_no_explanations(client):
 
 
 def test_version_pin_loads_that_version_on_demand(client, store_root):
-    pixels = digit_pixels(5)
+    pixels = synthetic_digit(5)
     response = post_json(client, {"image": pixels.tolist()}, "?version=2")
     assert response.status_code == 200
     document = response.get_json()
@@ -146,10 +144,10 @@ def test_version_pin_loads_that_version_on_demand(client, store_root):
 def test_alias_pin(client, app):
     store = app.extensions["convserve"].store
     store.promote("mnist", 2, "staging")
-    response = post_json(client, {"image": digit_pixels().tolist()}, "?alias=staging")
+    response = post_json(client, {"image": synthetic_digit().tolist()}, "?alias=staging")
     assert response.status_code == 200
     assert response.get_json()["model"]["version"] == 2
-    latest = post_json(client, {"image": digit_pixels().tolist()}, "?alias=latest")
+    latest = post_json(client, {"image": synthetic_digit().tolist()}, "?alias=latest")
     assert latest.get_json()["model"]["version"] == 2
 
 
@@ -179,14 +177,14 @@ def test_pinned_versions_are_kept_in_a_small_lru(app, bundle_files):
     ],
 )
 def test_bad_pins_are_client_errors(client, query, status, code):
-    response = post_json(client, {"image": digit_pixels().tolist()}, query)
+    response = post_json(client, {"image": synthetic_digit().tolist()}, query)
     assert response.status_code == status
     assert error_of(response)["code"] == code
 
 
 def test_a_pinned_corrupt_version_is_refused_not_crashed(client, store_root):
     corrupt_bundle(store_root, 2)
-    response = post_json(client, {"image": digit_pixels().tolist()}, "?version=2")
+    response = post_json(client, {"image": synthetic_digit().tolist()}, "?version=2")
     assert response.status_code == 409
     error = error_of(response)
     assert error["code"] == "model_invalid"
@@ -217,7 +215,7 @@ def test_malformed_json_is_400(client, body):
 
 
 def test_nan_and_out_of_range_pixels_are_400(client):
-    pixels = digit_pixels().astype(np.float32)
+    pixels = synthetic_digit().astype(np.float32)
     pixels[3, 3] = np.nan
     response = client.post("/predict", data=npy_bytes(pixels), content_type="application/x-npy")
     assert response.status_code == 400
@@ -227,7 +225,7 @@ def test_nan_and_out_of_range_pixels_are_400(client):
 
 
 def test_json_batch_over_max_batch_is_413(client):
-    batch = [digit_pixels().tolist()] * 9  # MAX_BATCH is 8
+    batch = [synthetic_digit().tolist()] * 9  # MAX_BATCH is 8
     response = post_json(client, {"images": batch})
     assert response.status_code == 413
     assert error_of(response)["code"] == "payload_too_large"
@@ -243,7 +241,7 @@ def test_npy_batch_over_max_batch_is_413(client):
 
 
 def test_multipart_batch_over_max_batch_is_413(client):
-    upload = png_bytes(digit_pixels())
+    upload = png_bytes(synthetic_digit())
     files = [(io.BytesIO(upload), f"{i}.png") for i in range(9)]
     response = client.post("/predict", data={"image": files}, content_type="multipart/form-data")
     assert response.status_code == 413
@@ -260,7 +258,7 @@ def test_body_over_max_content_length_is_413(client):
 
 
 def test_image_over_the_pixel_limit_is_413(client):
-    big = png_bytes(digit_pixels(), size=201)  # 201 x 201 > MAX_IMAGE_PIXELS = 200 x 200
+    big = png_bytes(synthetic_digit(), size=201)  # 201 x 201 > MAX_IMAGE_PIXELS = 200 x 200
     response = client.post("/predict", data=big, content_type="image/png")
     assert response.status_code == 413
     assert error_of(response)["code"] == "payload_too_large"
@@ -296,12 +294,10 @@ def test_get_on_predict_is_405_with_allow(client):
 
 
 def test_not_ready_is_503(tmp_path):
-    from service_testlib import build_app
-
     app = build_app(tmp_path / "empty-store")
     response = app.test_client().post(
         "/predict",
-        data=json.dumps({"image": digit_pixels().tolist()}),
+        data=json.dumps({"image": synthetic_digit().tolist()}),
         content_type="application/json",
     )
     assert response.status_code == 503
@@ -317,5 +313,5 @@ def test_pinning_a_loaded_version_does_not_touch_the_store(app, client, monkeypa
 
     monkeypatch.setattr(predictor.store, "resolve", no_store)
     for version in (1, 2):
-        response = post_json(client, {"image": digit_pixels().tolist()}, f"?version={version}")
+        response = post_json(client, {"image": synthetic_digit().tolist()}, f"?version={version}")
         assert response.get_json()["model"]["version"] == version

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from service_testlib import TEST_SETTINGS, digit_pixels
 
 from benchmarks.probe_app import create_app as create_probe_app
+from tests.support.apps import TEST_SETTINGS
+from tests.support.mnist import synthetic_digit
 
 pytest_plugins = ["service_fixtures"]
 
@@ -23,7 +24,7 @@ def probe_client(store_root):
 @pytest.mark.parametrize("route", ["/_probe/http", "/_probe/no-forward", "/_probe/first-layer"])
 def test_probe_routes_answer_what_predict_answers(probe_client, route):
     for seed in (1, 2):  # a second body replaces the cached answer
-        body = json.dumps({"image": digit_pixels(seed).tolist()})
+        body = json.dumps({"image": synthetic_digit(seed).tolist()})
         headers = {"Content-Type": "application/json"}
         expected = probe_client.post("/predict", data=body, headers=headers)
         for _ in range(2):  # the first call fills the cache, the second reads it
@@ -33,6 +34,6 @@ def test_probe_routes_answer_what_predict_answers(probe_client, route):
 
 
 def test_the_service_has_no_probe_routes(client):
-    body = {"image": digit_pixels(1).tolist()}
+    body = {"image": synthetic_digit(1).tolist()}
     for route in ("/_probe/http", "/_probe/no-forward", "/_probe/first-layer"):
         assert client.post(route, json=body).status_code == 404

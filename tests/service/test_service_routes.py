@@ -6,7 +6,11 @@ import logging
 import re
 
 import pytest
-from service_testlib import build_app, corrupt_bundle, digit_pixels, error_of
+
+from tests.support.apps import build_app
+from tests.support.bundles import corrupt_bundle
+from tests.support.http import error_of
+from tests.support.mnist import synthetic_digit
 
 pytest_plugins = ["service_fixtures"]
 
@@ -14,7 +18,7 @@ pytest_plugins = ["service_fixtures"]
 def predict(client, query=""):
     return client.post(
         "/predict" + query,
-        data=json.dumps({"image": digit_pixels().tolist()}),
+        data=json.dumps({"image": synthetic_digit().tolist()}),
         content_type="application/json",
     )
 

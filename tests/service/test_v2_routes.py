@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from service_testlib import build_app, corrupt_bundle, digit_pixels, expected_probabilities
 
+from tests.support.apps import build_app, expected_probabilities
+from tests.support.bundles import corrupt_bundle
+from tests.support.mnist import synthetic_digit
 from training.store import ModelStore
 
 pytest_plugins = ["service_fixtures"]
@@ -124,7 +126,7 @@ def test_unknown_models_and_versions_are_404_in_the_v2_error_shape(client, path)
     ],
 )
 def test_infer_accepts_the_three_shapes_flat_or_nested(client, store_root, shape, nested):
-    batch = np.stack([digit_pixels(1), digit_pixels(2)])
+    batch = np.stack([synthetic_digit(1), synthetic_digit(2)])
     document = infer_request(batch, shape)
     if nested:
         document["inputs"][0]["data"] = batch.tolist()
@@ -146,7 +148,7 @@ def test_infer_accepts_the_three_shapes_flat_or_nested(client, store_root, shape
 
 def test_infer_uint8_id_echo_unknown_parameters_and_model_version(client):
     document = infer_request(
-        digit_pixels()[None], datatype="UINT8", id="request-42", parameters={"whatever": 1}
+        synthetic_digit()[None], datatype="UINT8", id="request-42", parameters={"whatever": 1}
     )
     document["inputs"][0]["parameters"] = {"content_type": "np"}
     response = post(client, document)
@@ -157,13 +159,13 @@ def test_infer_uint8_id_echo_unknown_parameters_and_model_version(client):
 
 
 def test_infer_honours_requested_outputs(client):
-    document = infer_request(digit_pixels()[None], outputs=[{"name": "label"}])
+    document = infer_request(synthetic_digit()[None], outputs=[{"name": "label"}])
     outputs = post(client, document).get_json()["outputs"]
     assert [o["name"] for o in outputs] == ["label"]
 
 
 def test_versioned_infer_uses_that_version(client, store_root):
-    pixels = digit_pixels(3)[None]
+    pixels = synthetic_digit(3)[None]
     response = post(client, infer_request(pixels), "/v2/models/mnist/versions/2/infer")
     answer = response.get_json()
     assert answer["model_version"] == "2"
@@ -179,7 +181,7 @@ def test_versioned_infer_uses_that_version(client, store_root):
 
 
 def test_binary_input_and_binary_outputs(client, store_root):
-    batch = np.stack([digit_pixels(4), digit_pixels(5)]).astype(np.float32)
+    batch = np.stack([synthetic_digit(4), synthetic_digit(5)]).astype(np.float32)
     raw = batch.astype("<f4").tobytes()
     header = json.dumps(
         {
@@ -215,7 +217,7 @@ def test_binary_input_and_binary_outputs(client, store_root):
 
 
 def test_binary_data_output_makes_every_output_binary(client):
-    document = infer_request(digit_pixels()[None], parameters={"binary_data_output": True})
+    document = infer_request(synthetic_digit()[None], parameters={"binary_data_output": True})
     response = post(client, document)
     answer, tail = split_binary(response)
     sizes = [o["parameters"]["binary_data_size"] for o in answer["outputs"]]
@@ -226,7 +228,7 @@ def test_binary_data_output_makes_every_output_binary(client):
 
 
 def test_uint8_binary_input(client):
-    pixels = digit_pixels()[None]
+    pixels = synthetic_digit()[None]
     header = json.dumps(
         {
             "inputs": [
@@ -354,7 +356,7 @@ def test_bad_inference_requests_are_400_with_a_message(client, document, fragmen
 
 
 def test_unknown_output_is_400(client):
-    document = infer_request(digit_pixels()[None], outputs=[{"name": "logits"}])
+    document = infer_request(synthetic_digit()[None], outputs=[{"name": "logits"}])
     response = post(client, document)
     assert response.status_code == 400
     assert "logits" in v2_error(response)
@@ -406,7 +408,7 @@ def test_binary_nan_is_400(client):
 
 
 def test_unknown_model_infer_is_404(client):
-    response = post(client, infer_request(digit_pixels()[None]), "/v2/models/fashion/infer")
+    response = post(client, infer_request(synthetic_digit()[None]), "/v2/models/fashion/infer")
     assert response.status_code == 404
     assert "fashion" in v2_error(response)
 
@@ -418,7 +420,7 @@ def test_infer_get_is_405_in_the_v2_shape(client):
 
 
 def test_infer_counts_predictions_in_the_metrics(client):
-    post(client, infer_request(np.stack([digit_pixels(1), digit_pixels(2)])))
+    post(client, infer_request(np.stack([synthetic_digit(1), synthetic_digit(2)])))
     text = client.get("/metrics").data.decode()
     total = sum(
         float(line.rsplit(" ", 1)[1])
