@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import make_bundle
 
+from tests.support.bundles import make_bundle
 from training.store import ModelStore, StoreError
 
 FILESYSTEM_SIZE = "2m"

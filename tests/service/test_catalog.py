@@ -4,11 +4,11 @@ predictor serves, as the JSON routes, V2 metadata and the models page read them.
 from __future__ import annotations
 
 import pytest
-from conftest import make_store
 
 from service.catalog import Catalog, parse_version_text
 from service.errors import NotFound
 from service.predictor import Predictor
+from tests.support.bundles import make_store
 from training.store import ModelNotFound, StoreError, VersionNotFound, aliases_by_version
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_bundle
 
 from service.app import create_app
 from service.charts import confusion_matrix, learning_curve
+from tests.support.bundles import make_bundle
 from training.store import ModelStore
 
 STATIC = Path(__file__).resolve().parents[2] / "service" / "static"

@@ -3,9 +3,8 @@
 import json
 
 import pytest
-from conftest import make_bundle
-from store_testlib import publish_versions
 
+from tests.support.bundles import make_bundle, publish_versions
 from training.store import (
     AliasInUse,
     AliasNotFound,

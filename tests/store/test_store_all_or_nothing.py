@@ -11,8 +11,8 @@ import errno
 import os
 
 import pytest
-from conftest import make_bundle
 
+from tests.support.bundles import make_bundle
 from training import store as store_module
 from training.store import ModelStore, StoreError
 
@@ -75,6 +75,7 @@ def test_a_publish_failing_at_any_step_publishes_nothing(tmp_path, monkeypatch, 
     for fail_at in range(1, MAX_STEPS):
         faults = StepFaults(fail_at)
         monkeypatch.setattr(store_module, "os", FaultyOs(faults))
+        # Private name: wrapping the store's own write step is the only way to fail it alone.
         for name in ("_write_file_durably", "fsync_dir"):
             monkeypatch.setattr(store_module, name, faults.wrap(name, getattr(store_module, name)))
         try:

@@ -7,9 +7,9 @@ import signal
 import time
 
 import pytest
-from conftest import make_bundle
-from store_testlib import assert_every_listed_version_loads, start_worker, wait_for_file
 
+from tests.support.bundles import assert_every_listed_version_loads, make_bundle
+from tests.support.store_worker import start_worker, wait_for_file
 from training.store import ModelStore
 
 PUBLISHERS = 8

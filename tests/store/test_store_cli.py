@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_bundle
-from store_testlib import REPO
 
 from convserve.cli import main
+from tests.support import REPO
+from tests.support.bundles import make_bundle
 from training.store import ModelStore
 
 

@@ -7,9 +7,8 @@ import pathlib
 
 import numpy as np
 import pytest
-from conftest import make_bundle
-from store_testlib import publish_versions
 
+from tests.support.bundles import make_bundle, publish_versions
 from training.bundle import METADATA_KEY
 from training.errors import BundleInvalid
 from training.store import ModelStore

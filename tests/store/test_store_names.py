@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from store_testlib import REPO
 
+from tests.support import REPO
 from training.store import (
     NAME_PATTERN,
     InvalidName,

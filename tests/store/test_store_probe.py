@@ -10,10 +10,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_bundle
-from store_testlib import REPO
 
 from convserve.cli import main
+from tests.support import REPO
+from tests.support.bundles import make_bundle
 from training import probe as probe_module
 from training.bundle import bundle_bytes, load_bundle
 from training.errors import BundleInvalid

@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_bundle
-from store_testlib import REPO, publish_versions
 
+from tests.support import REPO
+from tests.support.bundles import make_bundle, publish_versions
 from training import store as store_module
 from training.bundle import bundle_bytes, load_bundle
 from training.errors import BundleInvalid
@@ -214,6 +214,7 @@ def test_the_repository_store_verifies_and_accepts_a_publish(tmp_path, bundle_pa
     assert store.verify() == []
 
 
+# Private name: replacing the store's own write step is the only way to fail it alone.
 @pytest.mark.parametrize("failing", ["_write_file_durably", "fsync_dir"])
 def test_a_full_disk_is_a_store_error_and_loses_nothing(store, tmp_path, monkeypatch, failing):
     publish_versions(store, tmp_path, [0.9])

@@ -8,6 +8,8 @@
 ``--hang-before-rename``: when publish is about to rename its staging directory into place,
 create FILE and sleep, so the test can ``kill -9`` a publisher with a complete staging dir.
 Prints ``VERSION SHA256`` of what it published.
+
+The tests start it with ``start_worker`` and wait on it with ``wait_for_file``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from training.store import ModelStore
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -51,6 +57,35 @@ def main() -> None:
     version = ModelStore(args.store).publish(args.bundle, args.name, alias=args.alias, force=True)
     digest = hashlib.sha256(Path(args.bundle).read_bytes()).hexdigest()
     print(version, digest, flush=True)
+
+
+def start_worker(*args: str) -> subprocess.Popen:
+    """Run this file in a fresh interpreter (a real separate process) with ``args``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, __file__, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Poll (bounded) until ``path`` exists; fail early if ``process`` died first."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.01) + 1):
+        if path.exists():
+            return
+        if process.poll() is not None:
+            _, err = process.communicate()
+            raise AssertionError(f"worker exited {process.returncode} before {path.name}: {err}")
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError(f"{path} did not appear within {timeout} s")
 
 
 if __name__ == "__main__":
