@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.support.bundles import make_bundle, make_store
-from tests.support.http import metric_samples, metric_total
+from tests.support.http_io import metric_samples, metric_total
 from tests.support.servers import GunicornServer
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support.http import metric_samples, metric_total
+from tests.support.http_io import metric_samples, metric_total
 from training.store import ModelStore
 
 pytest_plugins = ["e2e_fixtures"]

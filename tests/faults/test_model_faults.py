@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.apps import build_app
 from tests.support.bundles import make_store
-from tests.support.http import metric_total
+from tests.support.http_io import metric_total
 
 
 @pytest.fixture

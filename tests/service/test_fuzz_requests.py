@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from tests.support.apps import build_app
-from tests.support.http import npy_bytes, png_bytes
+from tests.support.http_io import npy_bytes, png_bytes
 from tests.support.mnist import synthetic_digit
 
 FUZZ_SETTINGS = settings(

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.apps import ADMIN_TOKEN, build_app
 from tests.support.bundles import corrupt_bundle, point_alias_by_hand
-from tests.support.http import error_of
+from tests.support.http_io import error_of
 from tests.support.mnist import synthetic_digit
 from training.store import ModelStore
 

@@ -21,7 +21,7 @@ from scipy import ndimage
 from service.errors import BadRequest, PayloadTooLarge
 from service.inputs import InputSpec, pixel_batch, pixels_from_payload, pixels_to_png_data_url
 from service.inputs.json_values import predict_payload_values
-from tests.support.http import npy_bytes
+from tests.support.http_io import npy_bytes
 
 
 def pixels_from_json_body(body: bytes, max_batch: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.support.apps import build_app, expected_probabilities
 from tests.support.bundles import corrupt_bundle
-from tests.support.http import error_of, npy_bytes, png_bytes
+from tests.support.http_io import error_of, npy_bytes, png_bytes
 from tests.support.mnist import synthetic_digit
 
 pytest_plugins = ["service_fixtures"]

@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.apps import build_app
 from tests.support.bundles import corrupt_bundle
-from tests.support.http import error_of
+from tests.support.http_io import error_of
 from tests.support.mnist import synthetic_digit
 
 pytest_plugins = ["service_fixtures"]

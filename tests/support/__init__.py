@@ -5,7 +5,7 @@
   that only a test would do.
 - ``mnist``: the MNIST files on this machine, IDX writing, the one synthetic-digit generator.
 - ``apps``: the service app on test settings, and what a version's own network answers.
-- ``http``: request bodies (PNG, .npy) and reading answers (error shape, Prometheus samples).
+- ``http_io``: request bodies (PNG, .npy) and reading answers (error shape, Prometheus samples).
 - ``servers``: real gunicorn / ``convserve serve`` processes on free ports, waited for.
 - ``dockerspec``: the Dockerfile and .dockerignore read as the deploy tests need them.
 """
