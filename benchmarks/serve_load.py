@@ -75,12 +75,16 @@ class Server:
         self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Ours, so the benchmarks can weigh the workers' metrics files.
+        self.metrics_dir = tempfile.mkdtemp(prefix="convserve-bench-metrics-")
         env = dict(os.environ)
         env.update(
             BIND=f"127.0.0.1:{self.port}",
             WORKERS=str(workers),
             MODEL_STORE=str(store),
             LOG_LEVEL="warning",
+            PROMETHEUS_MULTIPROC_DIR=self.metrics_dir,
+            DRAIN_SECONDS="0",  # no load balancer to wait for when a benchmark stops
         )
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.process = subprocess.Popen(
@@ -117,6 +121,7 @@ class Server:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 def cpu_seconds(pids: list[int]) -> float:

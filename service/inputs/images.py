@@ -63,9 +63,14 @@ def decoded_pixels(image: Image.Image) -> int:
 
 
 def pixels_from_opened(image: Image.Image) -> np.ndarray:
-    """An image from ``open_image`` -> pixels (28, 28) float32 0-255 (MNIST convention)."""
-    with _decoding_errors_as_client_errors():
-        greyscale = _decode_greyscale(image)
+    """An image from ``open_image`` -> pixels (28, 28) float32 0-255 (MNIST convention). The
+    decoded image is closed (its memory released) before this returns: a batch of files holds
+    one full-size image at a time."""
+    try:
+        with _decoding_errors_as_client_errors():
+            greyscale = _decode_greyscale(image)
+    finally:
+        image.close()
     return normalise_like_mnist(ink_from_greyscale(greyscale))
 
 

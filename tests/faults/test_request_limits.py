@@ -96,6 +96,17 @@ def test_a_legal_big_image_grows_the_worker_by_at_most_100_mib(server, make):
     assert worker(server) == pid
 
 
+def test_a_batch_of_big_images_within_the_request_budget_holds_one_at_a_time(server):
+    image = grey16_drawing(LEGAL_SIDES)
+    files = [("file", (f"{i}.png", image, "image/png")) for i in range(7)]  # 59 of 67 MP
+    pid = worker(server)
+    before = vm_kib(pid, "VmHWM") * 1024
+    response = requests.post(server.url + "/predict", files=files, timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.json()["predictions"]) == 7
+    assert vm_kib(pid, "VmHWM") * 1024 - before <= BUDGET
+
+
 def test_a_json_body_of_too_many_values_is_refused_before_parsing(server):
     body = b'{"images": [' + b",".join([b"[" + b"0," * 783 + b"0]"] * 3300) + b"]}"
     assert len(body) < 10 * MIB  # within MAX_CONTENT_LENGTH: the body itself is legal
