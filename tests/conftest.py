@@ -6,16 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import REPO  # noqa: F401 (old imports, for now)
-from tests.support.bundles import make_bundle, make_store  # noqa: F401 (old imports, for now)
-from tests.support.mnist import (  # noqa: F401 (old imports, for now)
-    TINY_MNIST_SIZES,
-    find_mnist_dir,
-    mnist_test_digits,
-    synthetic_digits,
-    write_idx,
-    write_tiny_mnist,
-)
+from tests.support.bundles import make_bundle
+from tests.support.mnist import find_mnist_dir, mnist_test_digits, write_tiny_mnist
 
 
 @pytest.fixture(scope="session")

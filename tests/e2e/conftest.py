@@ -1,5 +1,5 @@
-"""Fixtures for the end-to-end tests (``pytest_plugins = ["e2e_fixtures"]``): one shared real
-gunicorn server (2 workers) on a temporary store holding mnist:1 (production) and mnist:2."""
+"""Fixtures for the end-to-end tests: one shared real gunicorn server (2 workers) on a
+temporary store holding mnist:1 (production) and mnist:2."""
 
 from __future__ import annotations
 

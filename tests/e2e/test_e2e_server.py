@@ -16,7 +16,6 @@ from PIL import Image
 from tests.support.http_io import metric_samples, metric_total
 from training.store import ModelStore
 
-pytest_plugins = ["e2e_fixtures"]
 pytestmark = pytest.mark.slow
 
 

@@ -11,7 +11,6 @@ from training.store import ModelStore
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (dev extra)")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
 
-pytest_plugins = ["e2e_fixtures"]
 pytestmark = pytest.mark.slow
 
 

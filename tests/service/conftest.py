@@ -1,10 +1,5 @@
-"""Fixtures for the service tests, loaded by each test module with
-``pytest_plugins = ["service_fixtures"]`` (no conftest.py here: the root conftest is imported by
-name as ``conftest`` in many tests, and a second one would shadow it).
-
-They follow the Flask tutorial: ``app`` builds a fresh app on a temporary store holding tiny
-bundles, ``client`` is its test client.
-"""
+"""Fixtures for the service tests, after the Flask tutorial: ``app`` builds a fresh app on a
+temporary store holding tiny bundles, ``client`` is its test client."""
 
 from __future__ import annotations
 
@@ -44,6 +39,7 @@ def store_root(tmp_path, bundle_files) -> Path:
 
 @pytest.fixture
 def app(store_root):
+    """A fresh app on ``store_root`` with the test settings; its poller is stopped after."""
     app = build_app(store_root)
     yield app
     app.extensions["convserve"].predictor.stop()
@@ -51,4 +47,5 @@ def app(store_root):
 
 @pytest.fixture
 def client(app):
+    """The Flask test client of ``app``."""
     return app.test_client()

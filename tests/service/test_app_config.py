@@ -9,8 +9,6 @@ import pytest
 from service.config import SETTINGS, load_config
 from tests.support.apps import build_app
 
-pytest_plugins = ["service_fixtures"]
-
 
 def test_defaults():
     settings = load_config(environ={})

@@ -14,8 +14,6 @@ from tests.support.http_io import error_of
 from tests.support.mnist import synthetic_digit
 from training.store import ModelStore
 
-pytest_plugins = ["service_fixtures"]
-
 BODY = json.dumps({"image": synthetic_digit().tolist()})
 
 

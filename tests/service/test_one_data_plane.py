@@ -11,8 +11,6 @@ import pytest
 from tests.support.apps import TEST_SETTINGS
 from tests.support.mnist import synthetic_digit
 
-pytest_plugins = ["service_fixtures"]
-
 MAX_BATCH = TEST_SETTINGS["MAX_BATCH"]
 HEADER = "Inference-Header-Content-Length"
 

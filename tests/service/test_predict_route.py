@@ -13,8 +13,6 @@ from tests.support.bundles import corrupt_bundle
 from tests.support.http_io import error_of, npy_bytes, png_bytes
 from tests.support.mnist import synthetic_digit
 
-pytest_plugins = ["service_fixtures"]
-
 
 def post_json(client, document, query=""):
     return client.post(

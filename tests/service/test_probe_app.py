@@ -11,8 +11,6 @@ from benchmarks.probe_app import create_app as create_probe_app
 from tests.support.apps import TEST_SETTINGS
 from tests.support.mnist import synthetic_digit
 
-pytest_plugins = ["service_fixtures"]
-
 
 @pytest.fixture
 def probe_client(store_root):

@@ -12,8 +12,6 @@ from tests.support.bundles import corrupt_bundle
 from tests.support.http_io import error_of
 from tests.support.mnist import synthetic_digit
 
-pytest_plugins = ["service_fixtures"]
-
 
 def predict(client, query=""):
     return client.post(

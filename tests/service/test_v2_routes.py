@@ -10,8 +10,6 @@ from tests.support.bundles import corrupt_bundle
 from tests.support.mnist import synthetic_digit
 from training.store import ModelStore
 
-pytest_plugins = ["service_fixtures"]
-
 HEADER = "Inference-Header-Content-Length"
 
 
