@@ -11,31 +11,12 @@ import time
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
-from tests.support.http_io import metric_samples, metric_total
-from training.store import ModelStore
+from tests.support.apps import expected_probabilities
+from tests.support.http_io import metric_samples, metric_total, png_bytes
+from tests.support.mnist import synthetic_digit
 
 pytestmark = pytest.mark.slow
-
-
-def digit(seed: int = 0) -> np.ndarray:
-    pixels = np.zeros((28, 28), dtype=np.uint8)
-    pixels[6:22, 8 + seed % 8 : 12 + seed % 8] = 255
-    pixels[6 + seed % 8 : 9 + seed % 8, 6:20] = 255
-    return pixels
-
-
-def png(pixels: np.ndarray, *, invert: bool = False, size: int = 28) -> bytes:
-    image = Image.fromarray(255 - pixels if invert else pixels).resize((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def expected(e2e_store, version: int, pixels: np.ndarray) -> np.ndarray:
-    bundle = ModelStore(e2e_store).load("mnist", version)
-    return bundle.predict_proba(np.asarray(pixels, np.float32).reshape(-1, 28, 28))
 
 
 def test_health_and_readiness(server):
@@ -46,8 +27,8 @@ def test_health_and_readiness(server):
 
 def test_multipart_image_upload(server, e2e_store):
     files = [
-        ("image", ("one.png", png(digit(1)), "image/png")),
-        ("image", ("two.png", png(digit(5), invert=True, size=140), "image/png")),
+        ("image", ("one.png", png_bytes(synthetic_digit(1)), "image/png")),
+        ("image", ("two.png", png_bytes(synthetic_digit(5), invert=True, size=140), "image/png")),
     ]
     response = requests.post(server.url + "/predict?explain=1", files=files, timeout=10)
     assert response.status_code == 200, response.text
@@ -58,12 +39,15 @@ def test_multipart_image_upload(server, e2e_store):
         seen = np.array(prediction["input_pixels"]).reshape(28, 28)
         assert seen.max() > 100  # the ink survived (dark-on-light was inverted)
         np.testing.assert_allclose(
-            prediction["probabilities"], expected(e2e_store, 1, seen)[0], rtol=1e-4, atol=1e-6
+            prediction["probabilities"],
+            expected_probabilities(e2e_store, 1, seen)[0],
+            rtol=1e-4,
+            atol=1e-6,
         )
 
 
 def test_json_and_npy_bodies_agree(server, e2e_store):
-    batch = np.stack([digit(2), digit(3)])
+    batch = np.stack([synthetic_digit(2), synthetic_digit(3)])
     by_json = requests.post(
         server.url + "/predict", json={"images": batch.tolist()}, timeout=10
     ).json()
@@ -77,12 +61,16 @@ def test_json_and_npy_bodies_agree(server, e2e_store):
     ).json()
     assert by_json == by_npy
     got = np.array([p["probabilities"] for p in by_json["predictions"]])
-    np.testing.assert_allclose(got, expected(e2e_store, 1, batch), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got, expected_probabilities(e2e_store, 1, batch), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_pinned_version_and_explain(server):
     response = requests.post(
-        server.url + "/predict?version=2&explain=1", json={"image": digit().tolist()}, timeout=10
+        server.url + "/predict?version=2&explain=1",
+        json={"image": synthetic_digit().tolist()},
+        timeout=10,
     )
     document = response.json()
     assert document["model"]["version"] == 2
@@ -94,7 +82,7 @@ def test_client_errors_are_json_4xx(server):
     cases = [
         (dict(data=b"{oops", headers={"Content-Type": "application/json"}), 400),
         (dict(data=b"hello", headers={"Content-Type": "text/plain"}), 415),
-        (dict(json={"images": [digit().tolist()] * 17}), 413),  # MAX_BATCH is 16
+        (dict(json={"images": [synthetic_digit().tolist()] * 17}), 413),  # MAX_BATCH is 16
     ]
     for kwargs, status in cases:
         response = requests.post(server.url + "/predict", timeout=10, **kwargs)
@@ -112,7 +100,7 @@ def chunks(data: bytes, size: int = 1000):
 
 
 def test_chunked_body_is_read_whole(server):
-    body = json.dumps({"image": digit(6).tolist()}).encode()
+    body = json.dumps({"image": synthetic_digit(6).tolist()}).encode()
     headers = {"Content-Type": "application/json"}
     chunked = requests.post(server.url + "/predict", data=chunks(body), headers=headers, timeout=10)
     plain = requests.post(server.url + "/predict", data=body, headers=headers, timeout=10)
@@ -139,7 +127,7 @@ def test_chunked_body_over_max_content_length_is_413(server, path):
 def test_v2_metadata_and_json_infer(server, e2e_store):
     metadata = requests.get(server.url + "/v2/models/mnist", timeout=10).json()
     assert metadata["inputs"][0]["shape"] == [-1, 28, 28]
-    pixels = digit(4)
+    pixels = synthetic_digit(4)
     document = {
         "id": "e2e",
         "inputs": [
@@ -154,12 +142,15 @@ def test_v2_metadata_and_json_infer(server, e2e_store):
     answer = requests.post(server.url + "/v2/models/mnist/infer", json=document, timeout=10).json()
     assert answer["id"] == "e2e" and answer["model_version"] == "1"
     np.testing.assert_allclose(
-        answer["outputs"][0]["data"], expected(e2e_store, 1, pixels)[0], rtol=1e-5, atol=1e-6
+        answer["outputs"][0]["data"],
+        expected_probabilities(e2e_store, 1, pixels)[0],
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
 def test_v2_binary_infer(server, e2e_store):
-    batch = np.stack([digit(6), digit(7)]).astype("<f4")
+    batch = np.stack([synthetic_digit(6), synthetic_digit(7)]).astype("<f4")
     header = json.dumps(
         {
             "inputs": [
@@ -184,7 +175,9 @@ def test_v2_binary_infer(server, e2e_store):
     answer = json.loads(response.content[:size])
     assert answer["model_version"] == "2"
     probabilities = np.frombuffer(response.content[size : size + 80], dtype="<f4").reshape(2, 10)
-    np.testing.assert_allclose(probabilities, expected(e2e_store, 2, batch), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        probabilities, expected_probabilities(e2e_store, 2, batch), rtol=1e-5, atol=1e-6
+    )
     labels = np.frombuffer(response.content[size + 80 :], dtype="<i8")
     assert labels.tolist() == probabilities.argmax(axis=1).tolist()
 
@@ -199,7 +192,7 @@ def test_metrics_merge_both_workers(server):
     """Requests spread over both workers (checked in the access log) are all counted, whichever
     worker answers the scrape; each worker reports the version it serves."""
     url = server.url + "/predict"
-    body = {"image": digit().tolist()}
+    body = {"image": synthetic_digit().tolist()}
     before = metric_total(
         requests.get(server.url + "/metrics", timeout=10).text,
         "convserve_http_requests_total",

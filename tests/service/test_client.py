@@ -19,6 +19,9 @@ from werkzeug.serving import make_server
 from convserve.cli import main
 from service import client as client_module
 from service.client import Client, ClientError
+from tests.support.http_io import png_bytes
+from tests.support.mnist import synthetic_digit
+from tests.support.servers import free_port
 from training.errors import ConvserveError
 
 
@@ -124,16 +127,12 @@ def stub():
 @pytest.fixture
 def refused_url():
     """A URL on 127.0.0.1 where nothing listens."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def write_png(path, seed: int = 0):
-    pixels = np.full((40, 40), 255, dtype=np.uint8)
-    pixels[8:32, 18 + seed % 5 : 22 + seed % 5] = 0
-    Image.fromarray(pixels).save(path)
+    """A synthetic digit, dark ink on white paper, as a 40x40 PNG file at ``path``."""
+    path.write_bytes(png_bytes(synthetic_digit(seed), invert=True, size=40))
     return path
 
 
