@@ -31,6 +31,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MODEL_NAME=mnist \
     MODEL_ALIAS=production \
     RELOAD_INTERVAL_S=5 \
+    DRAIN_SECONDS=5 \
     LOG_LEVEL=info \
     MNIST_DIR=/data \
     TMPDIR=/tmp \
@@ -65,7 +66,8 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('BIND', '0.0.0.0:8000').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 
-# SIGTERM makes gunicorn stop accepting and finish in-flight requests for up to
-# --graceful-timeout seconds; give `docker stop -t` / the pod grace period more than that.
+# SIGTERM: readiness fails and the server keeps answering for DRAIN_SECONDS, then gunicorn
+# stops accepting and answers what it holds and what is queued, for up to --graceful-timeout
+# seconds; give `docker stop -t` / the pod grace period more than the two together.
 STOPSIGNAL SIGTERM
 CMD ["gunicorn", "--config", "gunicorn.conf.py", "--graceful-timeout", "20", "service.app:create_app()"]

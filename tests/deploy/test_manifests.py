@@ -152,10 +152,11 @@ def test_deployment_probes_ports_and_replicas():
 
 def test_graceful_shutdown_fits_in_the_grace_period():
     pod = server_pod()
-    pre_stop = server_container()["lifecycle"]["preStop"]["exec"]["command"]
-    assert pre_stop[0] == "sleep"
-    assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + GRACEFUL_TIMEOUT
-    assert duration_seconds(COMPOSE["services"]["serve"]["stop_grace_period"]) > GRACEFUL_TIMEOUT
+    drain = float(env_of(server_container())["DRAIN_SECONDS"])
+    assert drain == float(FINAL.env["DRAIN_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > drain + GRACEFUL_TIMEOUT
+    compose_grace = duration_seconds(COMPOSE["services"]["serve"]["stop_grace_period"])
+    assert compose_grace > drain + GRACEFUL_TIMEOUT
     assert COMPOSE["services"]["serve"]["stop_signal"] == FINAL.stopsignal
 
 
