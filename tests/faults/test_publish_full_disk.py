@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bundles import make_bundle
+from tests.support.bundles import make_bundle, store_snapshot
 from training.store import ModelStore, StoreError
 
 FILESYSTEM_SIZE = "2m"
@@ -64,17 +64,6 @@ def fill_until_free(filler: Path, free: int) -> None:
                 return
 
 
-def snapshot(store: ModelStore) -> dict:
-    """Everything a reader can see of the model."""
-    return {
-        "versions": store.versions("mnist"),
-        "aliases": store.aliases("mnist"),
-        "history": store.alias_history("mnist"),
-        "problems": store.verify(),
-        "listing": sorted(p.name for p in (store.root / "mnist").iterdir()),
-    }
-
-
 @pytest.mark.parametrize("first_alias", [None, "production"], ids=["new-alias", "moved-alias"])
 def test_publish_with_an_alias_at_every_free_space_level(small_filesystem, tmp_path, first_alias):
     # Small bundles (tinyconv, ~28 KiB), kept off the small filesystem.
@@ -84,7 +73,7 @@ def test_publish_with_an_alias_at_every_free_space_level(small_filesystem, tmp_p
     )
     store = ModelStore(small_filesystem / "store")
     assert store.publish(first, "mnist", alias=first_alias) == 1
-    before = snapshot(store)
+    before = store_snapshot(store)
     filler = small_filesystem / "filler"
     needed_at_most = second.stat().st_size + 16 * PAGE  # bundle, manifest, aliases, slack
 
@@ -97,7 +86,9 @@ def test_publish_with_an_alias_at_every_free_space_level(small_filesystem, tmp_p
         except StoreError as exc:
             assert "No space left on device" in str(exc)
             failures.append(free)
-            assert snapshot(store) == before, f"a failed publish at {free} bytes free left traces"
+            assert store_snapshot(store) == before, (
+                f"a failed publish at {free} bytes free left traces"
+            )
             continue
         break
     filler.unlink()

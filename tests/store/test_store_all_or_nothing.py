@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.support.bundles import make_bundle
+from tests.support.bundles import make_bundle, store_snapshot
 from training import store as store_module
 from training.store import ModelStore, StoreError
 
@@ -53,23 +53,13 @@ class FaultyOs:
         return function
 
 
-def snapshot(store: ModelStore) -> dict:
-    return {
-        "versions": store.versions("mnist"),
-        "aliases": store.aliases("mnist"),
-        "history": store.alias_history("mnist"),
-        "problems": store.verify(),
-        "entries": sorted(p.name for p in (store.root / "mnist").iterdir()),
-    }
-
-
 @pytest.mark.parametrize("first_alias", [None, "production"], ids=["new-alias", "moved-alias"])
 def test_a_publish_failing_at_any_step_publishes_nothing(tmp_path, monkeypatch, first_alias):
     store = ModelStore(tmp_path / "store")
     first = make_bundle(tmp_path / "v1.npz", preset_name="tinyconv", test_accuracy=0.9)
     store.publish(first, "mnist", alias=first_alias)
     retrained = make_bundle(tmp_path / "v2.npz", preset_name="tinyconv", seed=1, test_accuracy=0.95)
-    before = snapshot(store)
+    before = store_snapshot(store)
 
     failed_steps = []
     for fail_at in range(1, MAX_STEPS):
@@ -84,7 +74,7 @@ def test_a_publish_failing_at_any_step_publishes_nothing(tmp_path, monkeypatch, 
             assert "No space left on device" in str(exc)
             failed_steps.append(faults.failed_step)
             monkeypatch.undo()
-            assert snapshot(store) == before, f"failing step {fail_at} ({faults.failed_step})"
+            assert store_snapshot(store) == before, f"failing step {fail_at} ({faults.failed_step})"
             continue
         monkeypatch.undo()
         assert faults.failed_step is None  # the fault came after the last step

@@ -71,6 +71,18 @@ def assert_every_listed_version_loads(store: ModelStore) -> None:
             assert bundle.network is not None
 
 
+def store_snapshot(store: ModelStore, name: str = "mnist") -> dict:
+    """Everything a reader can see of model ``name``: versions, aliases and their history,
+    ``verify()`` problems, and the entries of its directory (so leftovers show)."""
+    return {
+        "versions": store.versions(name),
+        "aliases": store.aliases(name),
+        "history": store.alias_history(name),
+        "problems": store.verify(),
+        "entries": sorted(p.name for p in (store.root / name).iterdir()),
+    }
+
+
 def corrupt_bundle(store_root: Path, version: int, name: str = "mnist") -> None:
     """Flip bytes in the middle of a published bundle (its sha256 no longer matches)."""
     path = store_root / name / str(version) / "model.npz"
