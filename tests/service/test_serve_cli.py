@@ -2,14 +2,12 @@
 real, with Ctrl-C, is in tests/e2e/test_e2e_serve_cli.py.)"""
 
 import sys
-from pathlib import Path
 
 import pytest
 
 from convserve.cli import build_parser
 from service import serve_cli
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def invocation(*argv, environ=None):

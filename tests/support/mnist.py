@@ -64,8 +64,9 @@ def mnist_test_digits(count: int) -> tuple[np.ndarray, np.ndarray]:
     if directory is None:
         images, labels = synthetic_digits(count)
         return np.stack([in_mnist_form(image) for image in images]), labels
-    images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[:count]
-    labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[:count]
+    # Copies: the slices alone would keep the whole test split alive.
+    images = read_idx(directory / "t10k-images-idx3-ubyte.gz")[:count].copy()
+    labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz")[:count].copy()
     return images, labels
 
 
