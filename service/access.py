@@ -14,21 +14,21 @@ import time
 from flask import Flask, Response, g, request
 
 from service.metrics import ServiceMetrics
-from service.predictor import Predictor
+from service.registry import ModelRegistry
 
 access_logger = logging.getLogger("convserve.access")
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
-def register_request_hooks(app: Flask, predictor: Predictor, metrics: ServiceMetrics) -> None:
+def register_request_hooks(app: Flask, models: ModelRegistry, metrics: ServiceMetrics) -> None:
     """Before each request: per-process start-up, the clock and the request id. After it:
     the metrics, the X-Request-ID header and the access log line."""
 
     @app.before_request
     def start_request():
         # Per process, once (cheap pid check after that): the poller starts after the fork.
-        predictor.ensure_started()
+        models.ensure_started()
         g.started = time.perf_counter()
         given = request.headers.get("X-Request-ID")
         if given is not None and _REQUEST_ID_RE.fullmatch(given):

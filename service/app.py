@@ -28,7 +28,7 @@ from service.errors import register_error_handler
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.openapi import openapi_document
-from service.predictor import Predictor
+from service.registry import ModelRegistry
 from service.routes import ServiceState, api_blueprint
 from service.ui import ui_blueprint
 from service.v2 import v2_blueprint
@@ -38,7 +38,8 @@ from training.store import ModelStore
 
 def create_app(config: Mapping | None = None) -> Flask:
     """Build the app: settings (defaults < environment < ``config``), logging, the store, the
-    predictor with its first load (a failure leaves the app alive but not ready), routes."""
+    served models with their first load (a model that fails to load leaves the app alive but
+    not ready, and the other models serving), routes."""
     settings = load_config(config)
     configure_logging(settings["LOG_LEVEL"])
     app = Flask(__name__)
@@ -47,27 +48,21 @@ def create_app(config: Mapping | None = None) -> Flask:
 
     metrics = ServiceMetrics()
     store = ModelStore(settings["MODEL_STORE"])
-    predictor = Predictor(
-        store,
-        settings["MODEL_NAME"],
-        settings["MODEL_ALIAS"],
-        reload_interval_s=settings["RELOAD_INTERVAL_S"],
-        cache_size=settings["MODEL_CACHE_SIZE"],
-        hooks=metrics,
-    )
+    models = ModelRegistry(store, settings, hooks=metrics)
     # The first load happens here, in whichever process builds the app (the gunicorn worker,
     # the test): no thread is started, so building it in a pre-fork master is safe too.
-    predictor.check_for_update(force=True)
+    models.load_all()
     app.extensions["convserve"] = ServiceState(
         settings=settings,
         store=store,
-        predictor=predictor,
-        dataplane=DataPlane(predictor, settings, hooks=metrics),
-        catalog=Catalog(store, predictor),
+        models=models,
+        predictor=models.default,
+        dataplane=DataPlane(models, settings, hooks=metrics),
+        catalog=Catalog(store, models),
         metrics=metrics,
         openapi=openapi_document(settings),
     )
-    register_request_hooks(app, predictor, metrics)
+    register_request_hooks(app, models, metrics)
     register_error_handler(app)
     app.register_blueprint(api_blueprint)
     app.register_blueprint(v2_blueprint)

@@ -18,7 +18,7 @@ from training.errors import BundleInvalid
 from training.store import ModelNotFound, ModelStore, StoreError, aliases_by_version
 
 if TYPE_CHECKING:
-    from service.predictor import Predictor
+    from service.registry import ModelRegistry
 
 # The manifest keys GET /models/<name> shows per version (the rest is one route further).
 VERSION_SUMMARY_KEYS = ("created", "architecture", "note", "metrics", "class_labels")
@@ -63,15 +63,16 @@ class ModelEntry:
 
 
 class Catalog:
-    """Read-only answers about the store's models merged with the predictor's state.
+    """Read-only answers about the store's models merged with what this process serves.
 
-    ``predictor`` is None when no model is served in this process (the models page mounted
-    without the service): every version is then reported as not served.
+    ``models`` (the served models, service/registry.py) is None when no model is served in
+    this process (the models page mounted without the service): every version is then
+    reported as not served.
     """
 
-    def __init__(self, store: ModelStore, predictor: Predictor | None = None):
+    def __init__(self, store: ModelStore, models: ModelRegistry | None = None):
         self.store = store
-        self.predictor = predictor
+        self.models = models
 
     # ------------------------------------------------------------------ questions
     def model_names(self) -> list[str]:
@@ -85,10 +86,8 @@ class Catalog:
     def serving(self, name: str) -> dict | None:
         """The predictor's status (served version, alias followed, ``loaded_at``, last check,
         ``last_reload_error``) if this process serves ``name``, else None."""
-        predictor = self.predictor
-        if predictor is None or predictor.name != name:
-            return None
-        return predictor.status()
+        predictor = None if self.models is None else self.models.get(name)
+        return None if predictor is None else predictor.status()
 
     def model(self, name: str) -> ModelEntry:
         """Everything about one model, each version's manifest read once. Raises
@@ -133,8 +132,8 @@ class Catalog:
             if serving is not None:
                 entry["served_version"] = serving["served_version"]
             models.append(entry)
-        predictor = self.predictor
-        serving = None if predictor is None else {"name": predictor.name, **predictor.status()}
+        default = None if self.models is None else self.models.default
+        serving = None if default is None else {"name": default.name, **default.status()}
         return {"models": models, "serving": serving}
 
     def model_document(self, name: str) -> dict:

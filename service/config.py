@@ -17,6 +17,7 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "MODEL_STORE": ("model_store", str),
     "MODEL_NAME": ("mnist", str),
     "MODEL_ALIAS": ("production", str),
+    "MODELS": ("", str),
     "RELOAD_INTERVAL_S": (2.0, float),
     "ADMIN_TOKEN": (None, str),
     "MAX_BATCH": (256, int),
@@ -25,8 +26,10 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "MAX_REQUEST_PIXELS": (67_108_864, int),
     "MODEL_CACHE_SIZE": (4, int),
     "LOG_LEVEL": ("info", str),
+    "LOG_FORMAT": ("json", str),
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
 # Settings that must be positive integers.
 POSITIVE_INTEGERS = ("MAX_BATCH", "MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "MAX_REQUEST_PIXELS")
 
@@ -48,6 +51,26 @@ def load_config(config: Mapping | None = None, environ: Mapping | None = None) -
     settings.update(config or {})
     check_config(settings)
     return settings
+
+
+def parse_models(value, default_alias: str) -> list[tuple[str, str]]:
+    """MODELS, "mnist,letters@staging" -> [("mnist", default_alias), ("letters", "staging")];
+    empty means every model in the store. Already parsed lists pass through (checked)."""
+    if isinstance(value, list | tuple):
+        entries = [f"{name}@{alias}" for name, alias in value]
+    else:
+        entries = [entry.strip() for entry in str(value).split(",") if entry.strip()]
+    models = []
+    for entry in entries:
+        name, _, alias = entry.partition("@")
+        validate_name(name.strip())
+        alias = alias.strip() or default_alias
+        if alias:
+            validate_name(alias, "alias")
+        models.append((name.strip(), alias))
+    if len({name for name, _ in models}) != len(models):
+        raise ValueError(f"MODELS={value!r}: a model is named twice")
+    return models
 
 
 def check_config(settings: dict) -> None:
@@ -74,6 +97,16 @@ def check_config(settings: dict) -> None:
     level = str(settings["LOG_LEVEL"]).lower()
     require(level in LOG_LEVELS, "LOG_LEVEL", f"one of {', '.join(LOG_LEVELS)}")
     settings["LOG_LEVEL"] = level
+    log_format = str(settings["LOG_FORMAT"]).lower()
+    require(log_format in LOG_FORMATS, "LOG_FORMAT", f"one of {', '.join(LOG_FORMATS)}")
+    settings["LOG_FORMAT"] = log_format
     validate_name(settings["MODEL_NAME"])
+    settings["MODELS"] = parse_models(settings["MODELS"], settings["MODEL_ALIAS"])
+    names = [name for name, _ in settings["MODELS"]]
+    require(
+        not names or settings["MODEL_NAME"] in names,
+        "MODEL_NAME",
+        f"one of MODELS ({', '.join(names)}): the model /predict answers with",
+    )
     if not settings["ADMIN_TOKEN"]:
         settings["ADMIN_TOKEN"] = None  # empty means unset: /admin/reload stays hidden

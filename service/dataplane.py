@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import ModelOutputInvalid, NotFound
+from service.errors import ModelOutputInvalid
 from service.inputs import InputSpec, pixel_batch, pixels_from_payload
-from service.predictor import Predictor, ServedModel
+from service.predictor import ServedModel
+from service.registry import ModelRegistry
 from training.store import format_ref
 
 logger = logging.getLogger("convserve.dataplane")
@@ -54,8 +55,8 @@ class DataPlane:
     image shape comes from each model's bundle.
     """
 
-    def __init__(self, predictor: Predictor, settings: dict, hooks: InferenceHooks | None = None):
-        self.predictor = predictor
+    def __init__(self, models: ModelRegistry, settings: dict, hooks: InferenceHooks | None = None):
+        self.models = models
         self.hooks = hooks or InferenceHooks()
         self._limits = {
             "max_batch": settings["MAX_BATCH"],
@@ -64,20 +65,14 @@ class DataPlane:
         }
         self._specs: dict[tuple[int, ...], InputSpec] = {}
 
-    @property
-    def model_name(self) -> str:
-        return self.predictor.name
-
     def model(
         self, name: str | None = None, version: int | None = None, alias: str | None = None
     ) -> ServedModel:
-        """The model to answer with: the served one, or the version/alias pinned. ``name``
-        (when a path names one) must be the served model's name: 404 otherwise."""
-        if name is not None and name != self.predictor.name:
-            raise NotFound(
-                f"unknown model {name[:80]!r}; this server serves {self.predictor.name!r}"
-            )
-        return self.predictor.model_for(version, alias)
+        """The model to answer with: model ``name`` (default: MODEL_NAME) at the version its
+        alias points to, or the version/alias pinned. 404 for a model this server does not
+        serve, 503 for one not loaded yet."""
+        predictor = self.models.default if name is None else self.models.predictor(name)
+        return predictor.model_for(version, alias)
 
     def spec(self, model: ServedModel) -> InputSpec:
         """What a request to ``model`` may hold: its image shape, the configured limits."""

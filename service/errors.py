@@ -142,7 +142,7 @@ def register_error_handler(app: Flask) -> None:
                 f"the request body is over the limit of {app.config['MAX_CONTENT_LENGTH']} "
                 "bytes (MAX_CONTENT_LENGTH), or a multipart body has too many parts"
             )
-        if status >= 500:
+        if status >= 500 and not isinstance(exc, NotReady):  # readiness logs its own changes
             logger.error(
                 "%s while answering %s %s: %s",
                 type(exc).__name__,

@@ -120,7 +120,7 @@ def post_worker_init(worker):
         signal.siginterrupt(quick, False)
     state = getattr(worker.wsgi, "extensions", {}).get("convserve")
     if state is not None:
-        state.predictor.ensure_started()
+        state.models.ensure_started()
 
 
 def child_exit(server, worker):

@@ -181,28 +181,57 @@ _SCHEMAS = {
 _OBJECT = {"$ref": "#/components/schemas/Object"}
 
 
-def _paths() -> dict:
-    predict_body = {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/PredictJson"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": {"type": "string", "format": "binary"},
-                    "description": "one or more image files (PNG, JPEG, ...), any field names",
-                }
+_PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/PredictJson"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "additionalProperties": {"type": "string", "format": "binary"},
+                "description": "one or more image files (PNG, JPEG, ...), any field names",
+            }
+        },
+        "application/x-npy": {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "a .npy array (28, 28), (N, 28, 28), (N, 1, 28, 28) or (N, 784); "
+                "no pickles",
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+_NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _predict_operation(which: str, parameters: list) -> dict:
+    """POST /predict and /models/{name}/predict: the same body and answer."""
+    return {
+        "summary": f"Classify one or more 28x28 images with {which}",
+        "parameters": [
+            *parameters,
+            *_PIN_PARAMETERS,
+            {
+                "name": "explain",
+                "in": "query",
+                "required": False,
+                "description": "1 adds input_png and input_pixels to each prediction",
+                "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
             },
-            "application/x-npy": {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": "a .npy array (28, 28) or (N, 28, 28), no pickles",
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        ],
+        "requestBody": _PREDICT_BODY,
+        "responses": {
+            "200": _ok("predictions, in order", {"$ref": "#/components/schemas/PredictResponse"}),
+            **_error_responses(400, 404, 409, 413, 415, 503),
         },
     }
+
+
+def _paths() -> dict:
     v2_model_errors = _error_responses(404, 409, 503, v2=True)
     return {
         "/": {
@@ -242,27 +271,9 @@ def _paths() -> dict:
                 "responses": {"200": _ok("ready", _OBJECT), **_error_responses(503)},
             }
         },
-        "/predict": {
-            "post": {
-                "summary": "Classify one or more 28x28 images",
-                "parameters": [
-                    *_PIN_PARAMETERS,
-                    {
-                        "name": "explain",
-                        "in": "query",
-                        "required": False,
-                        "description": "1 adds input_png and input_pixels to each prediction",
-                        "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
-                    },
-                ],
-                "requestBody": predict_body,
-                "responses": {
-                    "200": _ok(
-                        "predictions, in order", {"$ref": "#/components/schemas/PredictResponse"}
-                    ),
-                    **_error_responses(400, 404, 409, 413, 415, 503),
-                },
-            }
+        "/predict": {"post": _predict_operation("the default model (MODEL_NAME)", [])},
+        "/models/{name}/predict": {
+            "post": _predict_operation("model {name}", [_NAME_PARAMETER]),
         },
         "/models": {
             "get": {

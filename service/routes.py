@@ -23,6 +23,7 @@ from service.inputs import pixels_to_png_data_url
 from service.metrics import ServiceMetrics
 from service.openapi import route_index
 from service.predictor import Predictor
+from service.registry import ModelRegistry
 from service.web import json_response, parse_flag, parse_pin, read_payload
 from training.store import ModelStore
 
@@ -37,7 +38,8 @@ class ServiceState:
 
     settings: dict
     store: ModelStore
-    predictor: Predictor
+    models: ModelRegistry
+    predictor: Predictor  # the default model's (MODEL_NAME)
     dataplane: DataPlane
     catalog: Catalog
     metrics: ServiceMetrics
@@ -62,21 +64,31 @@ def healthz():
 
 @api_blueprint.get("/readyz")
 def readyz():
-    """Readiness: a verified, warmed-up model is being served."""
-    predictor = service_state().predictor
-    served = predictor.served
-    if served is None:
-        raise NotReady(predictor.not_ready_message())
-    if is_draining():
-        raise NotReady("draining: this server is shutting down and takes no new work")
-    g.model_version = served.version
+    """Readiness: every model this server serves has a verified, warmed-up version loaded,
+    and the server is not draining. Changes of state are logged once, not every probe."""
+    models = service_state().models
+    problem = None
+    if not models.ready:
+        problem = models.not_ready_message()
+    elif is_draining():
+        problem = "draining: this server is shutting down and takes no new work"
+    models.readiness.observe(problem)
+    if problem is not None:
+        raise NotReady(problem)
+    default = models.default.served
+    g.model_version = default.version
     return json_response(
-        {"status": "ready", "model": {"name": served.name, "version": served.version}}
+        {
+            "status": "ready",
+            "model": {"name": default.name, "version": default.version},
+            "models": models.versions_served(),
+        }
     )
 
 
-@api_blueprint.post("/predict")
-def predict():
+@api_blueprint.post("/predict", defaults={"name": None})
+@api_blueprint.post("/models/<name>/predict")
+def predict(name: str | None):
     # The request object itself: each attribute read through Flask's proxy costs ~0.5 us.
     req = request._get_current_object()
     dataplane = service_state().dataplane
@@ -85,7 +97,7 @@ def predict():
     if req.environ.get("QUERY_STRING"):  # most requests have none: skip parsing it
         version, alias = parse_pin(req.args)
         explain = parse_flag(req.args, "explain")
-    model = dataplane.model(version=version, alias=alias)
+    model = dataplane.model(name, version, alias)
     g.model_version = model.version
     payload = read_payload(req, current_app.config["MAX_CONTENT_LENGTH"])
     pixels = dataplane.pixels(model, *payload)

@@ -1,6 +1,6 @@
 """The Open Inference Protocol (KServe V2) over REST, with the binary tensor data extension.
 
-Routes (a Blueprint on the same app, so the same predictor, metrics and error handler)::
+Routes (a Blueprint on the same app, so the same models, metrics and error handler)::
 
     GET  /v2                                        server metadata
     GET  /v2/health/live | /v2/health/ready         liveness, readiness
@@ -123,9 +123,9 @@ def server_live():
 
 @v2_blueprint.get("/health/ready")
 def server_ready():
-    predictor = service_state().predictor
-    if not predictor.ready:
-        raise NotReady(predictor.not_ready_message())
+    models = service_state().models
+    if not models.ready:
+        raise NotReady(models.not_ready_message())
     if is_draining():
         raise NotReady("draining: this server is shutting down and takes no new work")
     return _json({"ready": True})

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from service.catalog import Catalog, parse_version_text
+from service.config import load_config
 from service.errors import NotFound
-from service.predictor import Predictor
+from service.registry import ModelRegistry
 from tests.support.bundles import make_store
 from training.store import ModelNotFound, StoreError, VersionNotFound, aliases_by_version
 
@@ -26,17 +27,23 @@ def store(tmp_path):
 
 
 @pytest.fixture
-def predictor(store):
-    """Serves mnist@production (version 1), loaded."""
-    predictor = Predictor(store, "mnist", "production", reload_interval_s=0)
-    predictor.check_for_update(force=True)
-    yield predictor
-    predictor.stop()
+def registry(store):
+    """Serves mnist@production (version 1), loaded; only mnist (a fixed MODELS list)."""
+    settings = load_config({"MODELS": "mnist", "RELOAD_INTERVAL_S": 0}, environ={})
+    registry = ModelRegistry(store, settings)
+    registry.load_all()
+    yield registry
+    registry.stop()
 
 
 @pytest.fixture
-def catalog(store, predictor) -> Catalog:
-    return Catalog(store, predictor)
+def predictor(registry):
+    return registry.default
+
+
+@pytest.fixture
+def catalog(store, registry) -> Catalog:
+    return Catalog(store, registry)
 
 
 def refuse_a_reload_of_version_2(store, predictor) -> None:
@@ -108,9 +115,9 @@ def test_without_a_predictor_nothing_is_served(store):
     assert document["served"] is False and document["reload_error"] is None
 
 
-def test_a_model_the_predictor_does_not_serve_has_no_serving_state(tmp_path, store, predictor):
+def test_a_model_the_predictor_does_not_serve_has_no_serving_state(tmp_path, store, registry):
     other = make_store(tmp_path / "other", {"seed": 4}, name="fashion")
-    catalog = Catalog(other, predictor)
+    catalog = Catalog(other, registry)
     assert catalog.model("fashion").serving is None
     assert "served_version" not in catalog.models_document()["models"][0]
 

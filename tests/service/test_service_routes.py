@@ -33,7 +33,11 @@ def test_healthz_is_alive_whatever_the_model(client, tmp_path):
 def test_readyz_names_the_served_model(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "model": {"name": "mnist", "version": 1}}
+    assert response.get_json() == {
+        "status": "ready",
+        "model": {"name": "mnist", "version": 1},
+        "models": {"mnist": 1},
+    }
 
 
 def test_readyz_is_503_without_a_verified_model(tmp_path, bundle_files):
