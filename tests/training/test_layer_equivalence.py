@@ -181,6 +181,41 @@ def test_convpool_ties_send_gradient_to_the_first_maximum():
     np.testing.assert_array_equal(dx[0, 0], expected)
 
 
+# Each 2x2 window, row-major (top-left, top-right, bottom-left, bottom-right), and the position
+# the first maximum sits at: ties after the first maximum, before it, all but one, none.
+WINDOWS_AND_FIRST_MAXIMUM = [
+    ([0.0, 5.0, 1.0, 5.0], 1),
+    ([5.0, 1.0, 5.0, 5.0], 0),
+    ([1.0, 2.0, 3.0, 3.0], 2),
+    ([1.0, 2.0, 3.0, 4.0], 3),
+    ([7.0, 7.0, 7.0, 1.0], 0),
+    ([1.0, 1.0, 2.0, 1.0], 2),
+]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["maxpool", "convpool"])
+def test_partial_ties_send_gradient_to_the_first_maximum(fused):
+    """Windows with ties in every arrangement: the whole gradient goes to the first position
+    holding the maximum, in the plain max-pool and in the fused step (1x1 identity conv)."""
+    values = np.array([w for w, _ in WINDOWS_AND_FIRST_MAXIMUM])  # (windows, 4)
+    # One image per window, a 2x2 input each: (N, 1, 2, 2).
+    x = values.reshape(-1, 1, 2, 2)
+    if fused:
+        conv = Conv2D(np.ones((1, 1, 1, 1)), np.zeros(1))
+        conv.needs_input_grad = True
+        layer = ConvPool(conv, None, MaxPool2D(2))
+    else:
+        layer = MaxPool2D(2)
+    out = layer.forward(x)
+    np.testing.assert_array_equal(out.reshape(-1), values.max(axis=1))
+    dout = np.arange(1.0, len(values) + 1).reshape(out.shape)
+    dx = layer.backward(dout).reshape(len(values), 4)
+    expected = np.zeros_like(values)
+    for i, (_, first) in enumerate(WINDOWS_AND_FIRST_MAXIMUM):
+        expected[i, first] = dout.reshape(-1)[i]
+    np.testing.assert_array_equal(dx, expected)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(1, 3),
