@@ -7,6 +7,7 @@ defaults, then the environment, then its ``config`` mapping (service/config.py).
 Where a request goes (docs/ARCHITECTURE.md follows one through):
 
     service/routes.py     the JSON API (/predict, /models, health, admin, metrics) - Blueprint
+    service/v1.py         KServe V1 / TensorFlow Serving REST                      - Blueprint
     service/v2.py         the Open Inference Protocol (KServe V2)                  - Blueprint
     service/ui.py         the web page and the models view                         - Blueprint
     service/dataplane.py  model lookup -> one validated pixel batch -> forward pass
@@ -31,6 +32,7 @@ from service.openapi import openapi_document
 from service.registry import ModelRegistry
 from service.routes import ServiceState, api_blueprint
 from service.ui import ui_blueprint
+from service.v1 import v1_blueprint
 from service.v2 import v2_blueprint
 from service.web import ServiceRequest
 from training.store import ModelStore
@@ -65,6 +67,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     register_request_hooks(app, models, metrics)
     register_error_handler(app)
     app.register_blueprint(api_blueprint)
+    app.register_blueprint(v1_blueprint)
     app.register_blueprint(v2_blueprint)
     app.register_blueprint(ui_blueprint)  # GET / (the web page), /ui/models, /ui/static/
     return app

@@ -157,6 +157,7 @@ def register_error_handler(app: Flask) -> None:
             headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="convserve admin"'
-        if request.path.startswith("/v2/") or request.path == "/v2":
-            return error_response({"error": message}, status, headers)  # the V2 protocol's shape
+        if request.path.startswith(("/v1/", "/v2/")) or request.path == "/v2":
+            # The KServe V1 / TF Serving and Open Inference Protocol shape.
+            return error_response({"error": message}, status, headers)
         return error_response({"error": {"code": code, "message": message}}, status, headers)

@@ -148,6 +148,15 @@ _SCHEMAS = {
             "data": {"type": "array"},
         },
     },
+    "V1PredictRequest": {
+        "type": "object",
+        "description": "either instances (row format) or inputs (columnar); an image is 28 "
+        'rows of 28 pixels 0-255, 784 values, or {"b64": base64 of an image file}',
+        "properties": {
+            "instances": {"type": "array", "items": {}},
+            "inputs": {},
+        },
+    },
     "V2InferenceRequest": {
         "type": "object",
         "required": ["inputs"],
@@ -203,9 +212,6 @@ _PREDICT_BODY = {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     },
 }
-
-
-_NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def _predict_operation(which: str, parameters: list) -> dict:
@@ -273,7 +279,7 @@ def _paths() -> dict:
         },
         "/predict": {"post": _predict_operation("the default model (MODEL_NAME)", [])},
         "/models/{name}/predict": {
-            "post": _predict_operation("model {name}", [_NAME_PARAMETER]),
+            "post": _predict_operation("model {name}", [_NAME]),
         },
         "/models": {
             "get": {
@@ -370,6 +376,59 @@ def _paths() -> dict:
         "/v2/models/{name}/infer": _v2_infer("V2 inference (served version)", [_NAME]),
         "/v2/models/{name}/versions/{version}/infer": _v2_infer(
             "V2 inference (one version)", [_NAME, _V2_VERSION]
+        ),
+        **_v1_paths(),
+    }
+
+
+def _v1_paths() -> dict:
+    """KServe V1 / TensorFlow Serving REST (service/v1.py)."""
+    v1_errors = _error_responses(404, 409, 503, v2=True)
+    ready = {"200": _ok("ready", _OBJECT), **v1_errors}
+    predict_errors = _error_responses(400, 404, 409, 413, 503, v2=True)
+    predict_body = {
+        "required": True,
+        "content": _json_content({"$ref": "#/components/schemas/V1PredictRequest"}),
+    }
+
+    def predict(summary: str, parameters: list) -> dict:
+        return {
+            "post": {
+                "summary": summary,
+                "tags": ["v1"],
+                "parameters": parameters,
+                "requestBody": predict_body,
+                "responses": {"200": _ok("predictions", _OBJECT), **predict_errors},
+            }
+        }
+
+    return {
+        "/v1/models": {
+            "get": {
+                "summary": "V1: the models served",
+                "tags": ["v1"],
+                "responses": {"200": _ok("model names", _OBJECT)},
+            }
+        },
+        "/v1/models/{name}": {
+            "get": {
+                "summary": "V1 model readiness",
+                "tags": ["v1"],
+                "parameters": [_NAME],
+                "responses": ready,
+            }
+        },
+        "/v1/models/{name}/versions/{version}": {
+            "get": {
+                "summary": "V1 model readiness (one version)",
+                "tags": ["v1"],
+                "parameters": [_NAME, _VERSION],
+                "responses": ready,
+            }
+        },
+        "/v1/models/{name}:predict": predict("V1 predict (served version)", [_NAME]),
+        "/v1/models/{name}/versions/{version}:predict": predict(
+            "V1 predict (one version)", [_NAME, _VERSION]
         ),
     }
 
