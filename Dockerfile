@@ -7,12 +7,19 @@
 FROM python:3.11.13-slim-bookworm AS builder
 
 WORKDIR /src
+# Reproducible: every runtime dependency at the version in requirements.lock, each file checked
+# against the lock's sha256 (`make lock` regenerates both locks from pyproject.toml), and our
+# own wheel built offline with the locked setuptools/wheel, so two builds a month apart
+# install the same bytes. All wheels and the lock land in /wheels for the runtime stage.
+COPY requirements.lock requirements-build.lock ./
+RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements.lock \
+    && pip install --no-cache-dir --require-hashes -r requirements-build.lock \
+    && cp requirements.lock /wheels/
 COPY pyproject.toml README.md ./
 COPY training/ training/
 COPY service/ service/
 COPY convserve/ convserve/
-# All wheels land in /wheels so the runtime stage installs offline, from exactly these files.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --no-index --wheel-dir /wheels .
 
 # --- runtime: slim image, no compilers, no pip cache, no source tree -------------------------
 FROM python:3.11.13-slim-bookworm AS runtime
@@ -46,8 +53,12 @@ RUN groupadd --system --gid 10001 convserve \
     && install -d -o 10001 -g 10001 -m 0755 /models /data
 
 # The wheels are bind-mounted from the builder, so they never become a layer of this image.
+# The locked dependencies first (hashes checked again), then our wheel, whose requirements
+# must then already be satisfied: offline, a dependency missing from the lock fails the build.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels /wheels/convserve-*.whl
+    pip install --no-cache-dir --no-index --find-links /wheels --require-hashes \
+        -r /wheels/requirements.lock \
+    && pip install --no-cache-dir --no-index --find-links /wheels /wheels/convserve-*.whl
 
 # WORKDIR holds nothing but gunicorn.conf.py (also shipped in the wheel as package data): a
 # stable relative path that does not depend on the site-packages location, and no `service/`

@@ -6,7 +6,10 @@ STORE  ?= model_store
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 
-.PHONY: serve test lint train bench browser clean help
+TOOLS  := .venv-tools
+TOOLS_BIN := $(TOOLS)/bin
+
+.PHONY: serve test lint train bench browser nginx tools lock clean help
 
 help:
 	@echo "make serve   - create .venv, install, serve the embedded model on http://$(HOST):$(PORT)"
@@ -14,6 +17,8 @@ help:
 	@echo "make train   - train SimpleConvNet on MNIST and publish it to $(STORE) as 'mnist' (alias staging)"
 	@echo "make bench   - run the benchmarks (installs the optional torch extra)"
 	@echo "make lint    - ruff"
+	@echo "make lock    - regenerate requirements.lock (+ requirements-build.lock) from pyproject.toml, with hashes"
+	@echo "make tools   - .venv-tools: checkov, kubernetes-validate, pip-tools (the deploy checks use them)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +44,32 @@ serve: $(VENV)/.installed-base
 browser:
 	@bash scripts/ensure-browser.sh
 
+# The scale-out tests run Debian's nginx as their own process; install it when we can.
+nginx:
+	@bash scripts/ensure-nginx.sh
+
+# The deployment checkers live in their own venv (checkov's many pins stay out of .venv).
+# Without PyPI it cannot be built: the tests that need it then skip, saying so.
+$(TOOLS)/.installed: scripts/tools-requirements.txt
+	@rm -rf $(TOOLS)
+	@$(PYTHON) -m venv $(TOOLS) \
+	&& $(TOOLS_BIN)/pip install --quiet --upgrade pip \
+	&& $(TOOLS_BIN)/pip install --quiet -r scripts/tools-requirements.txt \
+	&& touch $@ \
+	|| { echo "could not build $(TOOLS): the checkov/kubernetes-validate tests will be skipped"; rm -rf $(TOOLS); }
+
+tools: $(TOOLS)/.installed
+
+# The image installs requirements.lock with --require-hashes (Dockerfile). Run after any change
+# to [project] dependencies or [build-system] in pyproject.toml; tests/deploy/test_lock.py
+# fails until then.
+LOCK_OPTIONS := --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
+lock: $(TOOLS)/.installed
+	$(TOOLS_BIN)/pip-compile $(LOCK_OPTIONS) --output-file=requirements.lock pyproject.toml
+	$(TOOLS_BIN)/pip-compile $(LOCK_OPTIONS) --all-build-deps --only-build-deps --output-file=requirements-build.lock pyproject.toml
+
 # pytest exits 5 when it collected nothing: say so loudly instead of failing obscurely.
-test: $(VENV)/.installed-dev browser
+test: $(VENV)/.installed-dev browser nginx tools
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
 
@@ -58,4 +87,4 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/serve_breakdown.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info .pytest_cache .ruff_cache
