@@ -114,3 +114,37 @@ def test_request_id_passed_through_generated_when_absent_and_logged_on_both_side
     for request_id in ("client-id-42", made, refused):
         assert request_id in {line["request_id"] for line in replica_access_lines(quiet_fleet)}
         assert request_id in {line["request_id"] for line in proxy_access_lines(quiet_fleet)}
+
+
+def retryable_locations(template: str) -> list[re.Pattern]:
+    """The locations whose block allows ``non_idempotent`` retries, as regular expressions."""
+    patterns = []
+    for match in re.finditer(r"location (=|~) (\S+) \{([^}]*)\}", template):
+        kind, path, body = match.groups()
+        if "non_idempotent" in body:
+            patterns.append(re.compile(re.escape(path) + "$" if kind == "=" else path))
+    return patterns
+
+
+def example_path(rule: str) -> str:
+    """A concrete path for a Flask rule: ``/v2/models/<name>/infer`` -> ``/v2/models/x/infer``."""
+    return re.sub(r"<[^>]+>", "x", rule)
+
+
+def test_every_post_route_is_retryable_or_not_public(tmp_path):
+    """A POST route must be an inference route nginx may retry (in the template's list) or an
+    admin route it does not expose: a new POST route makes this fail until it is classified."""
+    from tests.scale.conftest import store_of_two_versions
+    from tests.support.apps import build_app
+
+    template = load_renderer().TEMPLATE.read_text()
+    retryable = retryable_locations(template)
+    assert len(retryable) >= 4
+    app = build_app(store_of_two_versions(tmp_path).root)
+    posts = [r.rule for r in app.url_map.iter_rules() if "POST" in (r.methods or ())]
+    assert "/predict" in posts
+    for rule in posts:
+        path = example_path(rule)
+        if path.startswith("/admin"):
+            continue
+        assert any(p.fullmatch(path) for p in retryable), f"POST {rule}: classify it in nginx"
