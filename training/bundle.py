@@ -16,15 +16,17 @@ import io
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from training import __version__
+from training.calibration import calibrated_probabilities
 from training.errors import BundleInvalid
 from training.fileio import write_atomically
 from training.network import Network
+from training.ood import ARRAY_PREFIX, DetectorInvalid, MahalanobisDetector
 
 FORMAT_VERSION = 1
 METADATA_KEY = "__metadata__"
@@ -56,13 +58,35 @@ def normalise(pixels: np.ndarray, contract: dict, dtype=np.float32) -> np.ndarra
     return x * a + c
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """What ``Bundle.predict`` answers for N images.
+
+    probabilities: (N, K) in the network's dtype, calibrated (softmax(logits / T)) when the
+    bundle has a temperature, else the network's own. ood_score: (N,) float64, the distance to
+    the nearest digit cluster in units of the bundle's threshold (> 1: not a digit).
+    not_a_digit: (N,) bool. ood_available: False for a bundle without a detector; then
+    ood_score is all 0.0 and not_a_digit all False, placeholders that must be shown as
+    "unavailable", never as a score. calibrated: whether a temperature was applied.
+    """
+
+    probabilities: np.ndarray
+    ood_score: np.ndarray
+    not_a_digit: np.ndarray
+    ood_available: bool
+    calibrated: bool
+
+
 @dataclass
 class Bundle:
-    """A loaded, validated bundle: the network, its metadata and where it came from."""
+    """A loaded, validated bundle: the network, its metadata and where it came from, with its
+    calibration ``temperature`` and ``detector`` (None for bundles trained without them)."""
 
     network: Network
     metadata: dict
     path: Path | None = None
+    temperature: float | None = None
+    detector: MahalanobisDetector | None = field(default=None, repr=False)
 
     @property
     def class_labels(self) -> list:
@@ -72,9 +96,41 @@ class Bundle:
     def input(self) -> dict:
         return self.metadata["input"]
 
+    def predict(self, pixels: np.ndarray) -> Prediction:
+        """pixels (N, 28, 28) in 0-255 (MNIST convention) -> ``Prediction``: calibrated
+        probabilities, the OOD score and the not-a-digit flag, from one forward pass."""
+        x = normalise(pixels, self.input, self.network.dtype.type)
+        if self.detector is None:
+            probabilities = self._probabilities(self.network.forward(x, train=False))
+            count = len(probabilities)
+            return Prediction(
+                probabilities=probabilities,
+                ood_score=np.zeros(count),
+                not_a_digit=np.zeros(count, dtype=bool),
+                ood_available=False,
+                calibrated=self.temperature is not None,
+            )
+        features, logits = self.network.features_and_logits(x)
+        scores = self.detector.scores(features)
+        return Prediction(
+            probabilities=self._probabilities(logits),
+            ood_score=scores,
+            not_a_digit=scores > 1.0,
+            ood_available=True,
+            calibrated=self.temperature is not None,
+        )
+
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels (N, 28, 28) in 0-255 (MNIST convention) -> probabilities (N, num_classes)."""
-        return self.network.predict_proba(normalise(pixels, self.input, self.network.dtype.type))
+        """pixels (N, 28, 28) in 0-255 (MNIST convention) -> probabilities (N, num_classes),
+        calibrated when the bundle has a temperature (the same numbers as ``predict``)."""
+        x = normalise(pixels, self.input, self.network.dtype.type)
+        return self._probabilities(self.network.forward(x, train=False))
+
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+        if self.temperature is None:
+            return self.network.loss_layer.probabilities(logits)
+        calibrated = calibrated_probabilities(logits, self.temperature)
+        return calibrated.astype(self.network.dtype, copy=False)
 
 
 def build_metadata(
@@ -107,22 +163,34 @@ def build_metadata(
     }
 
 
-def bundle_bytes(network: Network, metadata: dict) -> bytes:
-    """Serialise a network and its metadata to ``.npz`` bytes."""
+def bundle_bytes(
+    network: Network, metadata: dict, extra_arrays: dict[str, np.ndarray] | None = None
+) -> bytes:
+    """Serialise a network, its metadata and ``extra_arrays`` (the detector's ``ood.*``
+    arrays) to ``.npz`` bytes."""
     arrays = {key: np.ascontiguousarray(value) for key, value in network.state().items()}
     if METADATA_KEY in arrays:
         raise ValueError(f"parameter name {METADATA_KEY!r} is reserved")
+    for key, value in (extra_arrays or {}).items():
+        if not key.startswith(ARRAY_PREFIX) or key in arrays:
+            raise ValueError(f"extra array {key!r} must be named {ARRAY_PREFIX}*")
+        arrays[key] = np.ascontiguousarray(value)
     arrays[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
-def save_bundle(path: str | os.PathLike, network: Network, metadata: dict) -> Path:
+def save_bundle(
+    path: str | os.PathLike,
+    network: Network,
+    metadata: dict,
+    extra_arrays: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write a bundle atomically (``training.fileio.write_atomically``): a reader never sees
-    half a bundle."""
+    half a bundle. extra_arrays: the detector's ``ood.*`` arrays, if any."""
     path = Path(path)
-    data = bundle_bytes(network, metadata)
+    data = bundle_bytes(network, metadata, extra_arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, data)
     return path
@@ -179,6 +247,7 @@ def parse_bundle(arrays: dict[str, np.ndarray], label: str = "bundle") -> Bundle
             raise BundleInvalid(f"{label}: input contract needs a finite number {key!r}")
     if contract["std"] <= 0:
         raise BundleInvalid(f"{label}: input contract 'std' must be positive")
+    detector_arrays = {k: arrays.pop(k) for k in list(arrays) if k.startswith(ARRAY_PREFIX)}
     for key, value in arrays.items():
         if value.dtype not in (np.float32, np.float64):
             raise BundleInvalid(f"{label}: weight {key!r} has dtype {value.dtype}, not float")
@@ -188,7 +257,51 @@ def parse_bundle(arrays: dict[str, np.ndarray], label: str = "bundle") -> Bundle
         raise BundleInvalid(f"{label}: {exc}") from None
     if len(metadata["class_labels"]) != network.spec["num_classes"]:
         raise BundleInvalid(f"{label}: class_labels does not match num_classes")
-    return Bundle(network=network, metadata=metadata)
+    return Bundle(
+        network=network,
+        metadata=metadata,
+        temperature=_temperature(metadata, label),
+        detector=_detector(network, metadata, detector_arrays, label),
+    )
+
+
+def _temperature(metadata: dict, label: str) -> float | None:
+    """The calibration temperature in the metadata (None: not calibrated). BundleInvalid
+    unless it is a finite positive number."""
+    record = metadata.get("calibration")
+    if record is None:
+        return None
+    value = record.get("temperature") if isinstance(record, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BundleInvalid(f"{label}: metadata 'calibration.temperature' must be a number")
+    if not (np.isfinite(value) and value > 0):
+        raise BundleInvalid(f"{label}: 'calibration.temperature' must be finite and positive")
+    return float(value)
+
+
+def _detector(
+    network: Network, metadata: dict, arrays: dict[str, np.ndarray], label: str
+) -> MahalanobisDetector | None:
+    """The OOD detector from the ``ood.*`` arrays and metadata ``ood`` (None when the bundle
+    has neither). BundleInvalid when one comes without the other or they do not fit."""
+    record = metadata.get("ood")
+    if record is None and not arrays:
+        return None
+    if record is None or not arrays:
+        raise BundleInvalid(f"{label}: the detector needs both its arrays and metadata 'ood'")
+    try:
+        detector = MahalanobisDetector.from_bundle(arrays, record, _penultimate_size(network))
+    except DetectorInvalid as exc:
+        raise BundleInvalid(f"{label}: {exc}") from None
+    if detector.class_means.shape[0] != network.spec["num_classes"]:
+        raise BundleInvalid(f"{label}: the detector's class means do not match num_classes")
+    return detector
+
+
+def _penultimate_size(network: Network) -> int:
+    """Units feeding the last affine layer (the detector's feature size)."""
+    last = network.layers[-1][1]
+    return int(last.W.shape[0])
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:

@@ -363,6 +363,17 @@ class Network:
         """x: (N, C, H, W) normalised input -> class probabilities (N, num_classes)."""
         return self.loss_layer.probabilities(self.forward(x, train=False))
 
+    def features_and_logits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inference that also hands back the penultimate features: x (N, C, H, W) normalised
+        input -> (features (N, D), the input of the last affine layer flattened; logits (N,
+        output units)). The same steps as ``forward``; the last one (always the logits'
+        affine layer) is run on the features kept."""
+        x = np.asarray(x, dtype=self.dtype)
+        for step in self.steps[:-1]:
+            x = step.forward(x, train=False)
+        features = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on an empty batch
+        return features, self.steps[-1].forward(x, train=False)
+
     def loss(self, x: np.ndarray, labels: np.ndarray, train: bool = True) -> float:
         """Forward pass and mean loss; with train=True it prepares ``backward()``."""
         return self.loss_layer.forward(self.forward(x, train=train), labels)

@@ -38,6 +38,7 @@ from training.data import (
 )
 from training.fileio import write_atomically
 from training.network import PRESETS, Network, preset
+from training.posthoc import Posthoc, fit_posthoc
 from training.store import ModelStore
 from training.trainer import TrainConfig, TrainingConfigError, TrainResult, evaluate, train
 
@@ -67,7 +68,9 @@ class TrainedModel:
     """What ``train_and_evaluate`` returns.
 
     network: the best epoch's weights. metadata: the bundle metadata (``metrics``, ``training``,
-    ``history``, input contract, class labels, data fingerprint), ready for ``save_bundle``.
+    ``history``, input contract, class labels, data fingerprint, ``calibration``, ``ood``,
+    ``distributions``), ready for ``save_bundle``. arrays: the detector's ``ood.*`` arrays,
+    saved beside the weights.
     test: ``training.trainer.evaluate`` on the test split (accuracy, loss, count, errors,
     per-class accuracy, confusion matrix). result: the trainer's ``TrainResult`` (history,
     best epoch, unrounded ``seconds``).
@@ -77,6 +80,7 @@ class TrainedModel:
     metadata: dict
     test: dict
     result: TrainResult
+    arrays: dict = dataclasses.field(default_factory=dict)
 
     @property
     def history(self) -> list[dict]:
@@ -161,8 +165,9 @@ def train_and_evaluate(
     classes = None if config.class_labels is None else list(config.class_labels)
     class_labels = ALL_DIGITS if classes is None else classes
     spec = resolve_spec(architecture, class_labels)
-    split_rng, init_rng, train_rng = (
-        np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(3)
+    # A fourth child for the detector's sample: the first three draw what they always did.
+    split_rng, init_rng, train_rng, posthoc_rng = (
+        np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(4)
     )
     splits = split_data(data, classes, val_size=val_size, limit=limit, rng=split_rng)
     network = Network(spec, dtype=np.dtype(dtype), rng=init_rng)
@@ -176,6 +181,9 @@ def train_and_evaluate(
     config = dataclasses.replace(config, class_labels=class_labels)
     result = train(network, splits.train, splits.val, config, train_rng, progress=progress)
     test = evaluate(network, splits.test, contract=result.contract, class_labels=class_labels)
+    posthoc = fit_posthoc(
+        network, result.contract, splits, class_labels, rng=posthoc_rng, progress=progress
+    )
     run = {"seed": seed, "limit": limit, "dtype": np.dtype(dtype).name}
     run["arch"] = arch if arch is not None else spec.get("name", "custom")
     metadata = build_metadata(
@@ -183,17 +191,22 @@ def train_and_evaluate(
         contract=result.contract,
         class_labels=class_labels,
         training=_training_record(spec, config, splits, result, run),
-        metrics=_metrics_record(test, result),
+        metrics=_metrics_record(test, result, posthoc),
         data_fingerprint=data.fingerprint,
         history=result.history,
     )
-    return TrainedModel(network=network, metadata=metadata, test=test, result=result)
+    metadata.update(posthoc.metadata)
+    return TrainedModel(
+        network=network, metadata=metadata, test=test, result=result, arrays=posthoc.arrays
+    )
 
 
-def _metrics_record(test: dict, result: TrainResult) -> dict:
-    """The bundle's ``metrics``: test figures (the store's gate reads ``test_accuracy``) and
-    the best epoch's validation figures."""
+def _metrics_record(test: dict, result: TrainResult, posthoc: Posthoc) -> dict:
+    """The bundle's ``metrics``: test figures (the store's gate reads ``test_accuracy``, and
+    with ``--gate`` ``test_ece`` and ``ood_auroc``), the best epoch's validation figures, and
+    the calibration and detector figures."""
     return {
+        **posthoc.metrics,
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "test_errors": test["errors"],
@@ -237,7 +250,7 @@ def curves_paths(bundle_path: str | os.PathLike) -> tuple[Path, Path]:
 
 def save_trained_bundle(trained: TrainedModel, path: str | os.PathLike) -> Path:
     """Write the bundle (weights + metadata) atomically to ``path`` (a ``.npz``)."""
-    return save_bundle(path, trained.network, trained.metadata)
+    return save_bundle(path, trained.network, trained.metadata, trained.arrays)
 
 
 def save_curves(trained: TrainedModel, bundle_path: str | os.PathLike) -> Path:

@@ -71,7 +71,24 @@ MANIFEST_METRICS = (
     "val_accuracy",
     "per_class_accuracy",
     "confusion_matrix",
+    "test_ece",
+    "test_ece_uncalibrated",
+    "ood_auroc",
+    "ood_test_digits_flagged",
+    "ood_nondigits_flagged",
 )
+# Metadata records copied whole into the manifest: the calibration (temperature, ECE, the
+# reliability diagrams), the detector's figures (no arrays) and the validation distributions
+# the service's drift view compares live traffic with.
+MANIFEST_RECORDS = ("calibration", "ood", "distributions")
+# What the regression gate can compare, each: (manifest metric, True when higher is better,
+# how to show it). The default gate is accuracy alone.
+GATE_CHECKS = {
+    "accuracy": ("test_accuracy", True, "test accuracy"),
+    "ece": ("test_ece", False, "test ECE"),
+    "auroc": ("ood_auroc", True, "not-a-digit AUROC"),
+}
+DEFAULT_GATE = ("accuracy",)
 
 _NAME_RE = re.compile(NAME_PATTERN)
 # Canonical decimal integers only, so "3" and "03" cannot both name version 3.
@@ -264,6 +281,19 @@ def _os_errors_as_store_errors(action: str):
         return wrapper
 
     return decorate
+
+
+def parse_gate(gate: object) -> tuple[str, ...]:
+    """The regression gate's checks: a comma-separated string or a sequence of names from
+    GATE_CHECKS (``"accuracy,ece,auroc"``); StoreError naming an unknown one."""
+    names = gate.split(",") if isinstance(gate, str) else list(gate)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    unknown = [n for n in names if n not in GATE_CHECKS]
+    if unknown or not names:
+        raise StoreError(
+            f"unknown gate check {(unknown or [''])[0]!r}; choose from {', '.join(GATE_CHECKS)}"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def _check_publish_arguments(
@@ -638,6 +668,7 @@ class ModelStore:
         note: str | None = None,
         parent_version: int | None = None,
         force: bool = False,
+        gate: str | tuple[str, ...] = DEFAULT_GATE,
     ) -> int:
         """Add a bundle as the model's next version and return that version number.
 
@@ -649,9 +680,10 @@ class ModelStore:
         and readers never see a partial version. With ``alias``, the alias moves to the new
         version through the same regression gate as ``promote`` (unless ``force``), all or
         nothing: if the gate refuses or any write fails (a full disk), nothing is published
-        and the aliases stay as they were.
+        and the aliases stay as they were. gate: what the gate compares (``parse_gate``).
         """
         _check_publish_arguments(name, alias, note, parent_version)
+        gate = parse_gate(gate)
         source = Path(bundle_path)
         data = _read_bundle_file(source)
         digest = hashlib.sha256(data).hexdigest()
@@ -679,7 +711,7 @@ class ModelStore:
                     "convserve_version": __version__,
                     **summary,
                 }
-                forced = self._publish_gate(name, manifest, alias, force)
+                forced = self._publish_gate(name, manifest, alias, force, gate)
                 _write_file_durably(staging / MANIFEST_FILE, _json_bytes(manifest))
                 fsync_dir(staging)
                 self._install_version(name, staging, version, alias, forced)
@@ -702,13 +734,15 @@ class ModelStore:
             fcntl.flock(staging_fd, fcntl.LOCK_EX)
         return staging, staging_fd
 
-    def _publish_gate(self, name: str, manifest: dict, alias: str | None, force: bool) -> bool:
+    def _publish_gate(
+        self, name: str, manifest: dict, alias: str | None, force: bool, gate: tuple[str, ...]
+    ) -> bool:
         """Under the lock: the regression gate for publishing with ``alias``. Raises
         PromotionRefused unless ``force``; returns True when ``force`` overrode a refusal."""
         if alias is None:
             return False
         current = self._read_aliases_document(name)["aliases"].get(alias)
-        refusal = self._gate_refusal(name, manifest, alias, current)
+        refusal = self._gate_refusal(name, manifest, alias, current, gate)
         if refusal and not force:
             raise PromotionRefused(f"not publishing {name} with alias {alias}: {refusal}")
         return bool(refusal)
@@ -767,7 +801,9 @@ class ModelStore:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise BundleInvalid(f"{label}: metrics {key!r} must be a number in [0, 1]")
         architecture = metadata.get("architecture") or {}
+        records = {k: metadata[k] for k in MANIFEST_RECORDS if isinstance(metadata.get(k), dict)}
         return {
+            **records,
             "metrics": {key: metrics[key] for key in MANIFEST_METRICS if key in metrics},
             "architecture": architecture.get("name") if isinstance(architecture, dict) else None,
             "class_labels": metadata.get("class_labels"),
@@ -795,28 +831,35 @@ class ModelStore:
 
     # ------------------------------------------------------------------ aliases
     def _gate_refusal(
-        self, name: str, candidate: dict, alias: str, current: int | None
+        self,
+        name: str,
+        candidate: dict,
+        alias: str,
+        current: int | None,
+        gate: tuple[str, ...] = DEFAULT_GATE,
     ) -> str | None:
         """Why pointing ``alias`` at ``candidate`` (a manifest) would be a regression, or
-        None. Compares recorded test accuracy with that of the alias's current version."""
+        None. Compares each figure the ``gate`` names (``GATE_CHECKS``) with that of the
+        alias's current version; a figure the current version does not record is not
+        compared, one only the current version records is a refusal."""
         if current is None or current == candidate["version"]:
             return None
         try:
             current_manifest = self.manifest(name, current)
         except (BundleInvalid, ModelNotFound):
             return None  # the current target is broken or gone: anything is better
-        current_accuracy = _metric_number(current_manifest)
-        if current_accuracy is None:
-            return None
-        candidate_accuracy = _metric_number(candidate)
-        where = f"{current_accuracy:.4f} of {format_ref(name, current)}, which {alias} points at"
-        if candidate_accuracy is None:
-            return f"it records no test accuracy to compare with {where}; use --force to override"
-        if candidate_accuracy < current_accuracy:
-            return (
-                f"its test accuracy {candidate_accuracy:.4f} is below {where}; "
-                "use --force to override"
-            )
+        for check in gate:
+            key, higher_is_better, shown = GATE_CHECKS[check]
+            current_value = _metric_number(current_manifest, key)
+            if current_value is None:
+                continue
+            value = _metric_number(candidate, key)
+            where = f"{current_value:.4f} of {format_ref(name, current)}, which {alias} points at"
+            if value is None:
+                return f"it records no {shown} to compare with {where}; use --force to override"
+            if value < current_value if higher_is_better else value > current_value:
+                worse = "below" if higher_is_better else "above"
+                return f"its {shown} {value:.4f} is {worse} {where}; use --force to override"
         return None
 
     def _moved_aliases_document(
@@ -844,16 +887,26 @@ class ModelStore:
         return previous
 
     @_os_errors_as_store_errors("promote")
-    def promote(self, name: str, version: int, alias: str, *, force: bool = False) -> dict:
+    def promote(
+        self,
+        name: str,
+        version: int,
+        alias: str,
+        *,
+        force: bool = False,
+        gate: str | tuple[str, ...] = DEFAULT_GATE,
+    ) -> dict:
         """Point ``alias`` at ``version`` and return ``{"name", "alias", "version",
         "previous"}``.
 
         The version is verified (sha256 and bundle) first. The regression gate refuses
         (PromotionRefused) when its recorded test accuracy is below that of the version the
         alias points at now, or missing while that one has one; ``force`` overrides the gate,
-        never the integrity check.
+        never the integrity check. gate: what the gate compares (``parse_gate``: test accuracy
+        by default; ``"accuracy,ece,auroc"`` also refuses a worse calibration or detector).
         """
         validate_alias(alias)
+        gate = parse_gate(gate)
         validate_version(version)
         self._require_model(name)
         with self._locked(name):
@@ -863,7 +916,7 @@ class ModelStore:
             current = self._read_aliases_document(name)["aliases"].get(alias)
             if current == version:
                 return {"name": name, "alias": alias, "version": version, "previous": version}
-            refusal = self._gate_refusal(name, manifest, alias, current)
+            refusal = self._gate_refusal(name, manifest, alias, current, gate)
             if refusal and not force:
                 raise PromotionRefused(
                     f"not promoting {format_ref(name, version)} to {name}@{alias}: {refusal}"

@@ -14,6 +14,8 @@ import textwrap
 
 from training.errors import ConvserveError
 from training.store import (
+    DEFAULT_GATE,
+    GATE_CHECKS,
     ModelStore,
     StoreError,
     aliases_by_version,
@@ -66,8 +68,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="set --alias even if test accuracy is lower (never publishes non-finite outputs)",
+        help="set --alias even if the gate refuses (never publishes non-finite outputs)",
     )
+    add_gate_argument(parser)
     parser.set_defaults(func=publish_model)
 
     parser = actions.add_parser(
@@ -79,8 +82,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="promote even if test accuracy is lower (never a version that fails the probe)",
+        help="promote even if the gate refuses (never a version that fails the probe)",
     )
+    add_gate_argument(parser)
     parser.set_defaults(func=promote_model)
 
     parser = actions.add_parser(
@@ -118,6 +122,17 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------------------------- helpers
 
 
+def add_gate_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gate",
+        metavar="CHECKS",
+        default=",".join(DEFAULT_GATE),
+        help="what the regression gate compares with the alias's current version, "
+        f"comma-separated from {','.join(GATE_CHECKS)}: test accuracy lower, test ECE "
+        "higher, not-a-digit AUROC lower is refused (default: %(default)s)",
+    )
+
+
 def open_store(args, *, must_exist: bool = True) -> ModelStore:
     store = ModelStore(default_store_root(args.store))
     if must_exist and not store.root.is_dir():
@@ -151,6 +166,50 @@ def describe_probe(record) -> str:
         f"{format_accuracy(accuracy)} of {record.get('scored')} real digits "
         f"(loads refused below {format_accuracy(floor)})"
     )
+
+
+def describe_calibration(manifest: dict) -> str:
+    """Temperature and test ECE before -> after, or why there is none."""
+    record = manifest.get("calibration")
+    metrics = manifest.get("metrics") or {}
+    if not isinstance(record, dict):
+        return "- (trained before calibration: probabilities as the network gives them)"
+    return (
+        f"temperature {record.get('temperature', 0):.3f}; test ECE "
+        f"{format_accuracy(metrics.get('test_ece_uncalibrated'))} -> "
+        f"{format_accuracy(metrics.get('test_ece'))} (15 bins)"
+    )
+
+
+def describe_detector(manifest: dict) -> list[tuple[str, str]]:
+    """The not-a-digit detector's rows for ``models show``: method, threshold, AUROC and
+    shares flagged, then one row per kind of built-in non-digit."""
+    record = manifest.get("ood")
+    metrics = manifest.get("metrics") or {}
+    if not isinstance(record, dict):
+        return [("not-a-digit", "- (no detector: predictions say the OOD score is unavailable)")]
+    auroc = metrics.get("ood_auroc")
+    rows = [
+        (
+            "not-a-digit",
+            f"{record.get('method')} on {record.get('features')} features; threshold at "
+            f"{format_accuracy(record.get('tpr'))} of validation digits; AUROC "
+            f"{auroc if not isinstance(auroc, float) else round(auroc, 4)}; flagged: test digits "
+            f"{format_accuracy(metrics.get('ood_test_digits_flagged'))}, non-digits "
+            f"{format_accuracy(metrics.get('ood_nondigits_flagged'))}",
+        )
+    ]
+    kinds = record.get("nondigits") if isinstance(record.get("nondigits"), dict) else {}
+    for kind, figures in kinds.items():
+        if isinstance(figures, dict):
+            rows.append(
+                (
+                    f"  {kind}",
+                    f"AUROC {figures.get('auroc')}, flagged "
+                    f"{format_accuracy(figures.get('flagged'))} of {figures.get('images')}",
+                )
+            )
+    return rows
 
 
 def shorten(text, limit: int = 40) -> str:
@@ -232,6 +291,8 @@ def show_model(args) -> int:
         ("test accuracy", format_accuracy(metrics.get("test_accuracy"))),
         ("val accuracy", format_accuracy(metrics.get("val_accuracy"))),
         ("probe", describe_probe(manifest.get("probe"))),
+        ("calibration", describe_calibration(manifest)),
+        *describe_detector(manifest),
         ("training", " ".join(f"{k}={v}" for k, v in sorted(training.items())) or "-"),
     ]
     print(format_ref(name, version))
@@ -268,6 +329,7 @@ def publish_model(args) -> int:
         note=args.note,
         parent_version=args.parent_version,
         force=args.force,
+        gate=args.gate,
     )
     if args.json:
         print_json({"name": args.name, "version": version, "alias": args.alias})
@@ -285,7 +347,7 @@ def describe_move(name: str, alias: str, previous, version: int) -> str:
 
 def promote_model(args) -> int:
     store = open_store(args)
-    result = store.promote(args.name, args.version, args.alias, force=args.force)
+    result = store.promote(args.name, args.version, args.alias, force=args.force, gate=args.gate)
     if args.json:
         print_json(result)
         return 0

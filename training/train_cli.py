@@ -370,6 +370,29 @@ def _train_config(args: argparse.Namespace, classes: list[int] | None) -> TrainC
     return config
 
 
+def describe_posthoc(metadata: dict) -> list[str]:
+    """The calibration and not-a-digit lines of the train report (none for what was not
+    fitted)."""
+    metrics, lines = metadata.get("metrics") or {}, []
+    calibration = metadata.get("calibration")
+    if isinstance(calibration, dict):
+        lines.append(
+            f"calibration: temperature {calibration['temperature']:.3f} (fitted on the "
+            f"validation split); test ECE {100 * metrics['test_ece_uncalibrated']:.2f}% -> "
+            f"{100 * metrics['test_ece']:.2f}% (15 bins), accuracy unchanged"
+        )
+    ood = metadata.get("ood")
+    if isinstance(ood, dict):
+        kinds = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in ood.get("nondigits", {}).items())
+        lines.append(
+            f"not a digit: {ood['method']}, threshold at {100 * ood['tpr']:.0f}% of "
+            f"{ood['threshold_on']} digits; flagged {100 * metrics['ood_test_digits_flagged']:.1f}"
+            f"% of test digits and {100 * metrics['ood_nondigits_flagged']:.1f}% of the built-in "
+            f"non-digits; AUROC {metrics['ood_auroc']:.3f} ({kinds})"
+        )
+    return lines
+
+
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` for the command line: one ``warning: ...`` line on stderr."""
     print(f"warning: {message}", file=sys.stderr)
@@ -413,6 +436,8 @@ def run_train(args: argparse.Namespace) -> int:
     )
     print("per-class accuracy: " + format_per_class(test["per_class_accuracy"], class_labels))
     print(format_confusion(test["confusion_matrix"], class_labels))
+    for line in describe_posthoc(trained.metadata):
+        print(line)
     print(f"wrote {out} and {json_path}" + (f" and {png_path}" if plotted else ""))
     if store is not None:
         _publish(trained, store, args, out)
