@@ -30,6 +30,8 @@ def register_request_hooks(app: Flask, models: ModelRegistry, metrics: ServiceMe
         # Per process, once (cheap pid check after that): the poller starts after the fork.
         models.ensure_started()
         g.started = time.perf_counter()
+        metrics.request_started()
+        g.in_flight = True
         given = request.headers.get("X-Request-ID")
         if given is not None and _REQUEST_ID_RE.fullmatch(given):
             g.request_id = given
@@ -45,11 +47,27 @@ def register_request_hooks(app: Flask, models: ModelRegistry, metrics: ServiceMe
         route = rule.rule if rule is not None else "<unmatched>"
         status = response.status_code
         metrics.observe_request(route, request.method, status, elapsed)
+        inference = g.get("inference_model")
+        if inference is not None:
+            metrics.observe_inference_request(*inference, status, elapsed)
         request_id = g.get("request_id") or os.urandom(16).hex()
         response.headers["X-Request-ID"] = request_id
         if access_logger.isEnabledFor(logging.INFO):
             _log_access(request_id, status, elapsed)
         return response
+
+    @app.teardown_request
+    def end_request(exc):
+        # Teardown runs whatever happened, so the in-flight gauge never drifts upwards.
+        if g.pop("in_flight", False):
+            metrics.request_finished()
+
+
+def mark_inference(model) -> None:
+    """Called by the inference routes once the model is chosen: the access log and the
+    per-model metrics name ``model``'s name and version."""
+    g.model_version = model.version
+    g.inference_model = (model.name, model.version)
 
 
 def _log_access(request_id: str, status: int, elapsed: float) -> None:

@@ -14,6 +14,7 @@ class, so ``/predict`` and V2 accept and refuse exactly the same values.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,9 @@ class InferenceHooks:
 
     def count_invalid_output(self, name: str, version: int) -> None:
         """The model produced a non-finite number for a request."""
+
+    def inference_done(self, name: str, version: int, batch: int, seconds: float) -> None:
+        """A forward pass of ``batch`` images took ``seconds``."""
 
 
 class DataPlane:
@@ -96,7 +100,11 @@ class DataPlane:
     def infer(self, model: ServedModel, pixels: np.ndarray) -> Predictions:
         """Probabilities for pixels (N, H, W) from ``model``. A non-finite output is never
         answered: it raises ModelOutputInvalid (500) naming the version, logged and counted."""
+        started = time.perf_counter()
         probabilities = np.ascontiguousarray(model.predict_proba(pixels))
+        self.hooks.inference_done(
+            model.name, model.version, len(pixels), time.perf_counter() - started
+        )
         if not np.isfinite(probabilities).all():
             self.hooks.count_invalid_output(model.name, model.version)
             message = (

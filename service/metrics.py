@@ -6,12 +6,22 @@ per-process mmap file, and ``/metrics`` merges the files of all workers, so whic
 answers the scrape reports the whole server. Without that variable (the Flask test client, a
 script) the metrics live in this process only.
 
+Names follow Prometheus' conventions and Triton's split of an inference request: per model and
+version, the requests (by outcome), the end-to-end latency of the HTTP request and the
+inference-only latency (the forward pass), the batch size; per model, loads and their
+duration, the last successful reload, the versions loaded; per server, requests in flight; per
+worker process, CPU, memory, descriptors (service/process_metrics.py). Label values come from
+closed sets (route templates, model names and versions in the store, seven HTTP methods and
+"other"), so no client can grow the exposition. deploy/monitoring/ has a Grafana dashboard and
+alert rules built on these names.
+
 Each app gets its own registry, so building several apps in one process (the tests) never
-collides. Per request the hot path makes three small updates (request count, latency, one
-count per predicted label), using label children cached in dicts.
+collides. Label children are cached in dicts: ``.labels()`` costs a lock and a tuple per call.
 """
 
 from __future__ import annotations
+
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +29,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     values,
 )
@@ -26,25 +37,17 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.dataplane import InferenceHooks
 from service.predictor import ReloadHooks
+from service.process_metrics import WorkerProcessCollector
 
 # Latency buckets around the targets (p99 <= 10 ms for one image) with room for batches.
-LATENCY_BUCKETS_S = (
-    0.0005,
-    0.001,
-    0.002,
-    0.003,
-    0.005,
-    0.0075,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1)
+LATENCY_BUCKETS_S += (0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LOAD_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Label values come from closed sets, so no client can grow the exposition: a request with a
+# method outside this set is counted as "other" (unknown paths share the route "<unmatched>").
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def multiprocess_enabled() -> bool:
@@ -53,102 +56,196 @@ def multiprocess_enabled() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
-# Label values come from closed sets, so no client can grow the exposition: a request with a
-# method outside this set is counted as "other" (unknown paths share the route "<unmatched>").
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+class _Cached:
+    """A metric's label children, made once per label tuple."""
+
+    def __init__(self, metric):
+        self.metric = metric
+        self.children: dict[tuple, object] = {}
+
+    def __call__(self, *labels):
+        child = self.children.get(labels)
+        if child is None:
+            child = self.children[labels] = self.metric.labels(*labels)
+        return child
 
 
 class ServiceMetrics(ReloadHooks, InferenceHooks):
-    """The service's metrics and their exposition. Doubles as the predictor's reload hooks and
+    """The service's metrics and their exposition. Doubles as the predictors' reload hooks and
     the data plane's inference hooks."""
 
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = multiprocess_enabled()
-        self.requests = Counter(
+        self._define_http_metrics()
+        self._define_model_metrics()
+        self._define_lifecycle_metrics()
+        if not self.multiprocess:
+            ProcessCollector(registry=self.registry)  # this process (multiprocess: per worker)
+
+    def _metric(self, kind, name: str, documentation: str, labels: list[str], **options):
+        return _Cached(kind(name, documentation, labels, registry=self.registry, **options))
+
+    def _define_http_metrics(self) -> None:
+        self.requests = self._metric(
+            Counter,
             "convserve_http_requests_total",
             "HTTP requests answered, by route template, method and status code.",
             ["route", "method", "status"],
-            registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = self._metric(
+            Histogram,
             "convserve_http_request_duration_seconds",
             "Time from request start to response, by route template.",
             ["route"],
             buckets=LATENCY_BUCKETS_S,
+        )
+        self.in_flight = Gauge(
+            "convserve_http_requests_in_flight",
+            "Requests being answered right now, all workers together.",
+            multiprocess_mode="livesum",
             registry=self.registry,
         )
-        self.predictions = Counter(
-            "convserve_predictions_total",
-            "Predictions returned, by predicted label.",
-            ["model", "label"],
-            registry=self.registry,
+
+    def _define_model_metrics(self) -> None:
+        self.inference_requests = self._metric(
+            Counter,
+            "convserve_inference_requests_total",
+            "Inference requests (/predict, V1, V2) by model, version and outcome "
+            "(success: 2xx; failure: anything else once the model was chosen).",
+            ["model", "version", "outcome"],
         )
-        self.served_version = Gauge(
-            "convserve_served_model_version",
-            "The model version each worker process serves.",
+        self.request_latency = self._metric(
+            Histogram,
+            "convserve_inference_request_duration_seconds",
+            "End-to-end time of an inference request (parsing, validation, forward pass, "
+            "answer), by model and version.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS_S,
+        )
+        self.compute_latency = self._metric(
+            Histogram,
+            "convserve_inference_compute_duration_seconds",
+            "Time of the forward pass alone, by model and version.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS_S,
+        )
+        self.batch_size = self._metric(
+            Histogram,
+            "convserve_inference_batch_size",
+            "Images per inference request, by model.",
             ["model"],
-            # One series per live worker: during a reload the workers may briefly differ.
-            multiprocess_mode="liveall",
-            registry=self.registry,
+            buckets=BATCH_BUCKETS,
         )
-        self.reloads = Counter(
-            "convserve_model_reloads_total",
-            "Loads of a new version to serve, by outcome (success, failure).",
-            ["model", "outcome"],
-            registry=self.registry,
+        self.predictions = self._metric(
+            Counter,
+            "convserve_predictions_total",
+            "Predictions returned, by model and predicted label.",
+            ["model", "label"],
         )
-        self.invalid_outputs = Counter(
+        self.invalid_outputs = self._metric(
+            Counter,
             "convserve_model_invalid_outputs_total",
             "Requests refused because the model produced non-finite probabilities.",
             ["model", "version"],
-            registry=self.registry,
         )
-        # Label children cached: .labels() costs a lock and a tuple build per call.
-        self._request_children: dict[tuple, object] = {}
-        self._latency_children: dict[str, object] = {}
-        self._prediction_children: dict[tuple, object] = {}
 
-    # ------------------------------------------------------------------ hot path
+    def _define_lifecycle_metrics(self) -> None:
+        self.served_version = self._metric(
+            Gauge,
+            "convserve_served_model_version",
+            "The version of each model each worker process serves.",
+            ["model"],
+            multiprocess_mode="liveall",  # during a reload the workers may briefly differ
+        )
+        self.ready = self._metric(
+            Gauge,
+            "convserve_model_ready",
+            "1 when the worker has a verified version of the model to serve, else 0.",
+            ["model"],
+            multiprocess_mode="liveall",
+        )
+        self.loaded_versions = self._metric(
+            Gauge,
+            "convserve_model_loaded_versions",
+            "Versions of each model loaded in each worker (the served one and pinned ones).",
+            ["model"],
+            multiprocess_mode="liveall",
+        )
+        self.reloads = self._metric(
+            Counter,
+            "convserve_model_reloads_total",
+            "Loads of a new version to serve, by outcome (success, failure).",
+            ["model", "outcome"],
+        )
+        self.load_duration = self._metric(
+            Histogram,
+            "convserve_model_load_duration_seconds",
+            "Time to load, verify and warm up one version, by model.",
+            ["model"],
+            buckets=LOAD_BUCKETS_S,
+        )
+        self.last_reload = self._metric(
+            Gauge,
+            "convserve_model_last_reload_timestamp_seconds",
+            "Unix time of the last successful swap to a new version, by model (latest worker).",
+            ["model"],
+            multiprocess_mode="livemax",
+        )
+
+    # ------------------------------------------------------------------ per request
+    def request_started(self) -> None:
+        self.in_flight.inc()
+
+    def request_finished(self) -> None:
+        self.in_flight.dec()
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in KNOWN_METHODS:
             method = "other"
-        key = (route, method, status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_children[key] = self.requests.labels(route, method, status)
-        counter.inc()
-        histogram = self._latency_children.get(route)
-        if histogram is None:
-            histogram = self._latency_children[route] = self.latency.labels(route)
-        histogram.observe(seconds)
+        self.requests(route, method, status).inc()
+        self.latency(route).observe(seconds)
+
+    def observe_inference_request(
+        self, model: str, version: int, status: int, seconds: float
+    ) -> None:
+        """An inference request for ``model:version`` was answered with ``status``."""
+        version_label = str(version)
+        outcome = "success" if status < 400 else "failure"
+        self.inference_requests(model, version_label, outcome).inc()
+        self.request_latency(model, version_label).observe(seconds)
+
+    # ------------------------------------------------------------------ inference hooks
+    def inference_done(self, name: str, version: int, batch: int, seconds: float) -> None:
+        self.compute_latency(name, str(version)).observe(seconds)
+        self.batch_size(name).observe(batch)
 
     def count_predictions(self, model: str, labels) -> None:
         """One increment per distinct predicted label (a batch of 100 is not 100 updates)."""
-        if len(labels) == 1:
-            counts = {labels[0]: 1}
-        else:
-            counts = {}
-            for label in labels:
-                counts[label] = counts.get(label, 0) + 1
+        counts: dict = {}
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
         for label, count in counts.items():
-            key = (model, label)
-            counter = self._prediction_children.get(key)
-            if counter is None:
-                counter = self._prediction_children[key] = self.predictions.labels(
-                    model, str(label)
-                )
-            counter.inc(count)
+            self.predictions(model, str(label)).inc(count)
 
     def count_invalid_output(self, name: str, version: int) -> None:
-        self.invalid_outputs.labels(name, str(version)).inc()
+        self.invalid_outputs(name, str(version)).inc()
 
     # ------------------------------------------------------------------ reload hooks
     def reload_finished(self, name: str, *, succeeded: bool) -> None:
-        self.reloads.labels(name, "success" if succeeded else "failure").inc()
+        self.reloads(name, "success" if succeeded else "failure").inc()
+        if succeeded:
+            self.last_reload(name).set(time.time())
 
     def served_version_changed(self, name: str, version: int) -> None:
-        self.served_version.labels(name).set(version)
+        self.served_version(name).set(version)
+
+    def version_loaded(self, name: str, version: int, seconds: float) -> None:
+        self.load_duration(name).observe(seconds)
+
+    def loaded_versions_changed(self, name: str, count: int, *, serving: bool) -> None:
+        self.loaded_versions(name).set(count)
+        self.ready(name).set(1 if serving else 0)
 
     # ------------------------------------------------------------------ exposition
     def render(self) -> tuple[bytes, str]:
@@ -157,5 +254,6 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
+            registry.register(WorkerProcessCollector())
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

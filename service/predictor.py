@@ -74,6 +74,13 @@ class ReloadHooks:
     def served_version_changed(self, name: str, version: int) -> None:
         """The version this process serves is now ``version``."""
 
+    def version_loaded(self, name: str, version: int, seconds: float) -> None:
+        """A version was loaded, verified and warmed up in ``seconds``."""
+
+    def loaded_versions_changed(self, name: str, count: int, *, serving: bool) -> None:
+        """This process now holds ``count`` versions of the model (served and pinned);
+        ``serving``: one of them answers unpinned requests (the model is ready)."""
+
 
 class Predictor:
     """Owns the served model of one name (at one alias), a small LRU of pinned versions, and
@@ -149,6 +156,7 @@ class Predictor:
     def _load_verified(self, version: int) -> ServedModel:
         """Load ``version`` through the store (sha256-verified) and warm it up. Raises
         BundleInvalid (naming name:version) if the weights cannot serve."""
+        started = time.perf_counter()
         bundle = self.store.load(self.name, version)
         manifest = self.store.manifest(self.name, version)
         labels = tuple(bundle.class_labels)
@@ -165,6 +173,8 @@ class Predictor:
                 f"{label}: warm-up prediction gave shape {probabilities.shape} or non-finite "
                 f"values, expected finite (1, {len(labels)})"
             )
+        # A histogram: counted once wherever it happens, the pre-fork master included.
+        self.hooks.version_loaded(self.name, version, time.perf_counter() - started)
         return ServedModel(self.name, version, bundle, manifest, labels)
 
     def check_for_update(self, *, force: bool = False) -> dict:
@@ -215,6 +225,7 @@ class Predictor:
                 # Not before ensure_started: a pre-fork master serves nothing, and a gauge
                 # set there would be reported as a live "worker" for as long as it runs.
                 self.hooks.served_version_changed(self.name, candidate.version)
+            self._report_loaded_versions()
             return self._outcome(changed=True, target=target)
 
     def _refuse(self, target: int | None, exc: Exception) -> dict:
@@ -252,6 +263,13 @@ class Predictor:
             self._cache.move_to_end(model.version)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+        self._report_loaded_versions()
+
+    def _report_loaded_versions(self) -> None:
+        if self._started_in_pid == os.getpid():
+            serving = self._served is not None
+            count = len(self._cache) + serving
+            self.hooks.loaded_versions_changed(self.name, count, serving=serving)
 
     def model_for(self, version: int | None = None, alias: str | None = None) -> ServedModel:
         """The model to answer a request: the served one when nothing is pinned, else the
@@ -307,6 +325,7 @@ class Predictor:
         served = self._served
         if served is not None:
             self.hooks.served_version_changed(self.name, served.version)
+        self._report_loaded_versions()
         if self.reload_interval_s > 0:
             self._poller = threading.Thread(
                 target=self._poll_forever,

@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
+from service.access import mark_inference
 from service.catalog import Catalog
 from service.dataplane import DataPlane, Predictions
 from service.draining import is_draining
@@ -98,7 +99,7 @@ def predict(name: str | None):
         version, alias = parse_pin(req.args)
         explain = parse_flag(req.args, "explain")
     model = dataplane.model(name, version, alias)
-    g.model_version = model.version
+    mark_inference(model)
     payload = read_payload(req, current_app.config["MAX_CONTENT_LENGTH"])
     pixels = dataplane.pixels(model, *payload)
     result = dataplane.infer(model, pixels)

@@ -22,6 +22,7 @@ import binascii
 import numpy as np
 from flask import Blueprint, current_app, g, request
 
+from service.access import mark_inference
 from service.dataplane import Predictions
 from service.errors import BadRequest, NotReady
 from service.inputs.json_values import check_json_value_count, images_array, parse_json
@@ -61,6 +62,7 @@ def model_ready(name: str, version_text: str | None):
 def predict(name: str, version_text: str | None):
     dataplane = service_state().dataplane
     model = _model(name, version_text)
+    mark_inference(model)
     spec = dataplane.spec(model)
     body = read_body(request, current_app.config["MAX_CONTENT_LENGTH"])
     check_json_value_count(body, spec)

@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
+from service.access import mark_inference
 from service.dataplane import Predictions
 from service.draining import is_draining
 from service.errors import BadRequest, NotReady
@@ -162,7 +163,7 @@ def model_ready(name: str, version_text: str | None):
 def infer(name: str, version_text: str | None):
     dataplane = service_state().dataplane
     model = _model(name, version_text)
-    g.model_version = model.version
+    mark_inference(model)
     payload, binary = split_body(
         read_body(request, current_app.config["MAX_CONTENT_LENGTH"]),
         request.headers.get(HEADER_LENGTH),
