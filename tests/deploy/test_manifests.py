@@ -122,6 +122,8 @@ def test_every_image_is_this_version():
         for container in all_containers(pod):
             assert container["image"] == IMAGE, (name, container["name"])
     for service_name, service in COMPOSE["services"].items():
+        if service_name == "nginx":  # the proxy: a pinned nginx image (test_compose_nginx_...)
+            continue
         assert service["image"] == IMAGE, service_name
 
 
@@ -242,12 +244,24 @@ def test_store_claim_read_only_for_serving_read_write_for_writers():
     assert mount["readOnly"] is True and volume["persistentVolumeClaim"]["readOnly"] is True
     assert env_of(server_container())["MODEL_STORE"] == STORE
     jobs = {job["metadata"]["generateName"]: job for job in k8s_objects("Job")}
-    assert set(jobs) == {"convserve-seed-", "convserve-train-", "convserve-promote-"}
+    writers = {"convserve-seed-", "convserve-train-", "convserve-promote-"}
+    assert set(jobs) == writers | {"convserve-verify-"}
     for name, job in jobs.items():
         pairs = store_claim_mounts(job["spec"]["template"]["spec"])
         assert pairs, name
         for volume, mount in pairs:
-            assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
+            claim_read_only = volume["persistentVolumeClaim"].get("readOnly", False)
+            # The writers need the store read-write; the verify Job only reads it.
+            assert bool(mount.get("readOnly")) == claim_read_only == (name not in writers), name
+
+
+def test_verify_job_checks_the_whole_store_read_only():
+    (job,) = [j for j in k8s_objects("Job") if j["metadata"]["generateName"] == "convserve-verify-"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[:3] == ["convserve", "models", "verify"] and store_argument(args) == STORE
+    assert "--clean" not in args  # a check, never a repair
+    assert job["spec"]["backoffLimit"] == 0
 
 
 def store_argument(args: list[str]) -> str | None:
@@ -301,6 +315,8 @@ def test_environment_names_are_settings_the_code_reads():
             assert expanded <= env_names, (name, container["name"])
             used[f"{name}{container['name']}"] = env_names - expanded
     for name, service in COMPOSE["services"].items():
+        if name == "nginx":  # the proxy template's variables (test_compose_nginx_...)
+            continue
         used[f"compose {name}"] = set(service.get("environment", {}))
     for where, names in used.items():
         assert names <= known, f"{where}: {sorted(names - known)} are read by nothing"
@@ -319,7 +335,8 @@ def test_compose_serve_mirrors_the_image():
     assert f"models:{STORE}:ro" in serve["volumes"]
     assert serve["environment"]["MODEL_STORE"] == STORE
     assert serve["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
-    assert all(str(port).endswith(f":{PORT}") for port in serve["ports"])
+    # No host port of its own: clients go through the nginx service.
+    assert "ports" not in serve
     assert serve["deploy"]["replicas"] >= 2
     check = serve["healthcheck"]
     assert check["test"] == ["CMD"] + FINAL.healthcheck["cmd"]
@@ -343,3 +360,76 @@ def test_compose_train_is_a_profiled_writer_on_the_same_volume():
     assert option_value(args, "--name") == "mnist" and option_value(args, "--alias") == "staging"
     assert option_value(args, "--out").startswith("/tmp/")
     assert any(entry.startswith("mnist-data:/data") for entry in train["volumes"])
+
+
+NGINX_TEMPLATE = REPO / "deploy" / "nginx" / "convserve.conf.template"
+
+
+def test_compose_nginx_fronts_the_replicas_with_the_repository_template():
+    nginx = COMPOSE["services"]["nginx"]
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", nginx["image"]), nginx["image"]
+    # nginx >= 1.27.3: `resolve` and `resolver` in an upstream block.
+    version = tuple(int(n) for n in nginx["image"].split(":")[1].split("-")[0].split("."))
+    assert version >= (1, 27, 3)
+    mounts = {entry.split(":")[1]: entry.split(":")[0] for entry in nginx["volumes"]}
+    assert mounts["/etc/nginx/templates/default.conf.template"] == "./deploy/nginx/" + (
+        NGINX_TEMPLATE.name
+    )
+    # Every variable of the template has a value; the upstream is the serve service's port.
+    variables = set(re.findall(r"\$\{(CONVSERVE_[A-Z_]+)\}", NGINX_TEMPLATE.read_text()))
+    environment = nginx["environment"]
+    assert variables <= set(environment)
+    assert f"server serve:{PORT} " in environment["CONVSERVE_UPSTREAM_SERVERS"]
+    (published,) = nginx["ports"]
+    assert published.split(":")[-1] == environment["CONVSERVE_LISTEN"]
+    assert nginx["depends_on"]["serve"]["condition"] == "service_healthy"
+    assert nginx["read_only"] is True and nginx["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in nginx["security_opt"]
+    assert duration_seconds(nginx["stop_grace_period"]) >= duration_seconds(
+        COMPOSE["services"]["serve"]["stop_grace_period"]
+    )
+
+
+def test_ingress_annotations_say_what_the_nginx_template_says():
+    """The Kubernetes Ingress (ingress-nginx) and the compose/test nginx share the values."""
+    template = NGINX_TEMPLATE.read_text()
+    annotations = one("Ingress")["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+
+    def directive(name: str) -> str:
+        return re.search(rf"^\s*{name}\s+([^;]+);", template, re.M).group(1)
+
+    assert annotations[prefix + "proxy-body-size"] == directive("client_max_body_size")
+    assert annotations[prefix + "client-body-buffer-size"] == directive("client_body_buffer_size")
+    assert annotations[prefix + "proxy-request-buffering"] == directive("proxy_request_buffering")
+    assert annotations[prefix + "proxy-buffering"] == directive("proxy_buffering")
+    for key in ("proxy-connect-timeout", "proxy-send-timeout", "proxy-read-timeout"):
+        assert annotations[prefix + key] + "s" == directive(key.replace("-", "_")), key
+    assert annotations[prefix + "proxy-next-upstream"] == "error timeout non_idempotent"
+    assert "proxy_next_upstream error timeout non_idempotent;" in template
+    assert annotations[prefix + "proxy-next-upstream-tries"] == directive(
+        "proxy_next_upstream_tries"
+    )
+    assert annotations[prefix + "proxy-next-upstream-timeout"] + "s" == directive(
+        "proxy_next_upstream_timeout"
+    )
+
+
+def test_ingress_routes_the_public_paths_only():
+    ingress = one("Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    paths = {(p["path"], p["pathType"]) for p in rule["http"]["paths"]}
+    service = one("Service")
+    for entry in rule["http"]["paths"]:
+        backend = entry["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"]["name"] == service["spec"]["ports"][0]["name"]
+    assert ("/predict", "Exact") in paths and ("/v2", "Prefix") in paths
+    for hidden in ("/metrics", "/admin/reload", "/admin"):
+        for path, kind in paths:
+            reaches = (
+                hidden == path
+                if kind == "Exact"
+                else (hidden == path or hidden.startswith(path.rstrip("/") + "/"))
+            )
+            assert not reaches, (hidden, path)
