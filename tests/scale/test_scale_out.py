@@ -10,12 +10,14 @@ import signal
 import socket
 import time
 
+import pytest
 import requests
 
 from benchmarks.fleet import SteadyLoad, post_predict
 from tests.scale.conftest import RELOAD_INTERVAL_S
 
 CLIENTS = 4
+pytestmark = pytest.mark.slow  # ~15 s per test: 3 replicas and nginx each
 
 
 def describe(failures) -> str:
