@@ -43,7 +43,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     served models with their first load (a model that fails to load leaves the app alive but
     not ready, and the other models serving), routes."""
     settings = load_config(config)
-    configure_logging(settings["LOG_LEVEL"])
+    configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
     app = Flask(__name__)
     app.request_class = ServiceRequest
     app.config.update(settings)  # MAX_CONTENT_LENGTH is also Flask's own limit on bodies

@@ -10,10 +10,11 @@ place that merges them. HTTP-free: it raises the store's domain errors (``ModelN
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from service.errors import NotFound
+from service.errors import NotFound, StoreUnavailable
 from training.errors import BundleInvalid
 from training.store import ModelNotFound, ModelStore, StoreError, aliases_by_version
 
@@ -75,8 +76,19 @@ class Catalog:
         self.models = models
 
     # ------------------------------------------------------------------ questions
+    def require_store(self) -> None:
+        """StoreUnavailable (503) when the store directory is gone or unreadable: an empty
+        answer would say "no models" when the truth is "cannot tell"."""
+        root = self.store.root
+        if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
+            raise StoreUnavailable(
+                f"the model store {str(root)!r} is gone or unreadable; the models loaded "
+                "before keep serving"
+            )
+
     def model_names(self) -> list[str]:
         """The models with at least one version, sorted."""
+        self.require_store()
         return self.store.models()
 
     def versions(self, name: str) -> list[int]:
@@ -93,6 +105,7 @@ class Catalog:
         """Everything about one model, each version's manifest read once. Raises
         ModelNotFound for an unknown model and StoreError if its aliases file is damaged; a
         version whose manifest is unreadable is listed with its ``error`` instead."""
+        self.require_store()
         versions = self.store.versions(name)
         aliases = self.store.aliases(name)
         by_version = aliases_by_version(aliases)
@@ -121,7 +134,7 @@ class Catalog:
         [, "error"] [, "served_version"]}], "serving": {"name", **status}}``. A model whose
         aliases file is damaged is listed with empty aliases and the ``error``."""
         models = []
-        for name in self.store.models():
+        for name in self.model_names():
             entry: dict = {"name": name, "versions": self.store.versions(name)}
             try:
                 entry["aliases"] = self.store.aliases(name)
@@ -159,6 +172,7 @@ class Catalog:
         "aliases", "served", "reload_error", "manifest"}``; ``reload_error`` is the last
         refused reload when it was of this version. NotFound if ``version_text`` is not a
         version number, else the store's ModelNotFound / VersionNotFound / BundleInvalid."""
+        self.require_store()
         version = parse_version_text(version_text)
         if version is None:
             raise NotFound(f"no version {version_text[:40]!r} of {name!r}: versions are integers")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from training.store import validate_name
 
@@ -110,3 +111,48 @@ def check_config(settings: dict) -> None:
     )
     if not settings["ADMIN_TOKEN"]:
         settings["ADMIN_TOKEN"] = None  # empty means unset: /admin/reload stays hidden
+
+
+# What service/gunicorn.conf.py reads besides the app's settings: name -> (parser, what it must be).
+GUNICORN_SETTINGS = {
+    "WORKERS": (int, lambda value: value > 0, "a positive integer"),
+    "DRAIN_SECONDS": (float, lambda value: value >= 0, "a number of seconds >= 0"),
+    "GRACEFUL_TIMEOUT": (int, lambda value: value > 0, "a positive integer (seconds)"),
+}
+
+
+def check_startup(environ: Mapping | None = None) -> dict:
+    """Everything a server needs before it may say "serving": the app's settings, gunicorn's
+    own (WORKERS, DRAIN_SECONDS, GRACEFUL_TIMEOUT) and a readable store directory. Raises
+    ValueError with one line naming the problem; returns the app's settings."""
+    environ = os.environ if environ is None else environ
+    settings = load_config(environ=environ)
+    for key, (parse, valid, expected) in GUNICORN_SETTINGS.items():
+        raw = (environ.get(key) or "").strip()
+        if not raw:
+            continue
+        try:
+            ok = valid(parse(raw))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{key}={raw!r}: expected {expected}")
+    check_store_directory(settings["MODEL_STORE"])
+    return settings
+
+
+def check_store_directory(root: str | os.PathLike) -> None:
+    """ValueError unless ``root`` is a directory this process can list. An empty store is
+    fine (the server starts not ready until a model is published); a missing one is a typo or
+    a volume that was not mounted, and a server on it would never become ready."""
+    path = Path(root)
+    if not path.is_dir():
+        problem = "is not a directory" if path.exists() else "does not exist"
+        raise ValueError(
+            f"MODEL_STORE={str(root)!r} {problem}: point it at a model store "
+            "(convserve models publish creates one)"
+        )
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ValueError(
+            f"MODEL_STORE={str(root)!r} cannot be read by this user (uid {os.getuid()})"
+        )

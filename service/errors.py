@@ -83,6 +83,13 @@ class NotReady(ServiceError):
     code = "not_ready"
 
 
+class StoreUnavailable(ServiceError):
+    """The model store directory is gone or unreadable (a volume unmounted under the server)."""
+
+    status = 503
+    code = "store_unavailable"
+
+
 class ModelOutputInvalid(ServiceError):
     """The served model produced a non-finite number: the model's fault, never the client's."""
 

@@ -29,6 +29,7 @@ Why these choices:
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,16 @@ elif os.environ.get(_CLEANED_BY_VARIABLE) != str(os.getpid()):
         _stale.unlink(missing_ok=True)
 os.environ[_CLEANED_BY_VARIABLE] = str(os.getpid())
 
+# Fail fast, before anything says "serving": one line and exit 2 for a setting that cannot work
+# or a store that is not there (service/config.py: check_startup).
+try:
+    from service.config import check_startup
+
+    _settings = check_startup(os.environ)
+except ValueError as _problem:
+    print(f"convserve: error: {_problem}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
 # The drain file (service/draining.py): created by the master on SIGTERM, seen by every worker.
 _DRAIN_FILE_VARIABLE = "CONVSERVE_DRAIN_FILE"
 if not os.environ.get(_DRAIN_FILE_VARIABLE):
@@ -64,6 +75,11 @@ if not os.environ.get(_DRAIN_FILE_VARIABLE):
         Path(tempfile.mkdtemp(prefix="convserve-drain-")) / "draining"
     )
 drain_seconds = float(os.environ.get("DRAIN_SECONDS") or 5)
+
+# Where /admin/reload reaches every worker (service/control.py).
+_CONTROL_DIR_VARIABLE = "CONVSERVE_CONTROL_DIR"
+if not os.environ.get(_CONTROL_DIR_VARIABLE):
+    os.environ[_CONTROL_DIR_VARIABLE] = tempfile.mkdtemp(prefix="convserve-control-")
 
 
 def _default_workers() -> int:
@@ -85,7 +101,32 @@ control_socket_disable = True
 # version); gunicorn's own access log would only duplicate it.
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = _settings["LOG_LEVEL"]
+if _settings["LOG_FORMAT"] == "json":
+    # gunicorn's own lines (start-up, workers, signals) as JSON too, like the app's.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "service.logs.JsonLogFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "gunicorn.error": {
+                "level": loglevel.upper(),
+                "handlers": ["stderr"],
+                "propagate": False,
+            },
+            "gunicorn.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
+        },
+        # No handler on the root logger: the app's loggers have their own (service/logs.py),
+        # and records propagating to a second one would print every line twice.
+        "root": {"level": "WARNING", "handlers": []},
+    }
 
 
 def when_ready(server):
@@ -134,6 +175,7 @@ def on_exit(server):
     """Remove the drain file's directory, and the metrics directory if this configuration
     created it."""
     shutil.rmtree(Path(os.environ[_DRAIN_FILE_VARIABLE]).parent, ignore_errors=True)
+    shutil.rmtree(os.environ[_CONTROL_DIR_VARIABLE], ignore_errors=True)
     owned = os.environ.get(_OWNED_DIR_VARIABLE)
     if owned and owned == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(owned, ignore_errors=True)

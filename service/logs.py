@@ -38,12 +38,19 @@ class StderrHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging(level: str) -> None:
-    """JSON lines on stderr for the ``convserve`` loggers at ``level``; idempotent, so several
-    apps in one process share one handler."""
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, log_format: str = "json") -> None:
+    """Lines on stderr for the ``convserve`` loggers at ``level``: one JSON object each
+    (``log_format="json"``, the default) or plain text; idempotent, so several apps in one
+    process share one handler."""
     root = logging.getLogger("convserve")
     root.setLevel(level.upper())
-    if not any(isinstance(handler, StderrHandler) for handler in root.handlers):
+    handler = next((h for h in root.handlers if isinstance(h, StderrHandler)), None)
+    if handler is None:
         handler = StderrHandler()
-        handler.setFormatter(JsonLogFormatter())
         root.addHandler(handler)
+    handler.setFormatter(
+        JsonLogFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 
+from service.control import ReloadBroadcast
 from service.errors import NotFound
 from service.predictor import Predictor, ReloadHooks
 from training.errors import ConvserveError
@@ -27,13 +28,14 @@ class ReadinessLog:
     is not ready for an hour writes two lines, not 720."""
 
     def __init__(self):
-        self._last: tuple[str | None] | None = None
+        self._ready: bool | None = None
 
     def observe(self, problem: str | None) -> None:
-        """``problem`` is None when ready, else why not."""
-        if self._last == (problem,):
+        """``problem`` is None when ready, else why not (logged with the change)."""
+        ready = problem is None
+        if self._ready == ready:
             return
-        self._last = (problem,)
+        self._ready = ready
         if problem is None:
             logger.info("ready")
         else:
@@ -57,6 +59,7 @@ class ModelRegistry:
         self._predictors: dict[str, Predictor] = {}
         self._lock = threading.Lock()
         self.readiness = ReadinessLog()
+        self.broadcast = ReloadBroadcast()  # /admin/reload's way to the other workers
         self._started_in_pid: int | None = None
         configured = settings["MODELS"] or [(self.default_name, self._alias)]
         for name, alias in configured:
@@ -152,6 +155,7 @@ class ModelRegistry:
         self._started_in_pid = os.getpid()
         for predictor in list(self._predictors.values()):
             predictor.ensure_started()
+        self.broadcast.start(lambda: self.check_all(force=True))
 
     def stop(self) -> None:
         """Stop every poller (tests; workers simply exit)."""

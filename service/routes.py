@@ -149,15 +149,22 @@ def admin_reload():
         raise Unauthorized("send Authorization: Bearer <ADMIN_TOKEN>")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise Forbidden("wrong admin token")
-    outcome = state.predictor.check_for_update(force=True)
-    if outcome["error"]:
+    outcomes = state.models.check_all(force=True)  # this worker, now
+    workers = state.models.broadcast.broadcast()  # then every other worker, confirmed
+    refused = {name: outcome for name, outcome in outcomes.items() if outcome["error"]}
+    if refused:
         raise ServiceError(
-            f"reload refused, still serving version {outcome['served_version']}: "
-            f"{outcome['error']}",
+            "reload refused: "
+            + "; ".join(
+                f"{name}: still serving version {outcome['served_version']}: {outcome['error']}"
+                for name, outcome in refused.items()
+            ),
             code="reload_failed",
             status=409,
         )
-    return json_response(outcome)
+    # The default model's outcome at the top level, as before several models were served.
+    default = outcomes[state.models.default_name]
+    return json_response({**default, "models": outcomes, "workers": workers})
 
 
 @api_blueprint.get("/metrics")

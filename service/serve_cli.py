@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from service.config import check_startup
 from training.errors import ConvserveError
 
 CONFIG_PATH = Path(__file__).resolve().with_name("gunicorn.conf.py")
@@ -130,6 +131,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if not CONFIG_PATH.is_file():
         raise ConvserveError(f"gunicorn configuration not found at {CONFIG_PATH}")
     argv, env = gunicorn_invocation(args, dict(os.environ))
+    try:
+        check_startup(env)
+    except ValueError as exc:  # before anything says "serving": one line, exit 2
+        raise ConvserveError(str(exc)) from None
     _warn_if_nothing_to_serve(env)
     print(f"convserve: serving on http://{env['BIND']} from {env['MODEL_STORE']}", file=sys.stderr)
     sys.stdout.flush()

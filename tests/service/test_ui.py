@@ -245,10 +245,17 @@ def test_models_view_shows_a_broken_version_without_failing(client, store):
 
 
 def test_models_view_of_an_empty_store(tmp_path):
+    (tmp_path / "empty").mkdir()
     app = create_app({"MODEL_STORE": str(tmp_path / "empty"), "RELOAD_INTERVAL_S": 0})
     response = get(app.test_client(), "/ui/models")
     assert response.status_code == 200
     assert "holds no model yet" in response.get_data(as_text=True)
+
+
+def test_models_view_of_a_store_that_is_gone(tmp_path):
+    app = create_app({"MODEL_STORE": str(tmp_path / "gone"), "RELOAD_INTERVAL_S": 0})
+    page = get(app.test_client(), "/ui/models").get_data(as_text=True)
+    assert "gone or unreadable" in page and "holds no model yet" not in page
 
 
 def test_models_view_without_the_service_shows_the_store_and_serves_nothing(store):

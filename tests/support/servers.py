@@ -50,7 +50,9 @@ class GunicornServer:
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the config makes a fresh one
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> GunicornServer:
+    def start(self, timeout: float = 60.0, probe: str = "/readyz") -> GunicornServer:
+        """Start and wait until ``probe`` answers 200 (``/healthz`` for a server that is
+        meant to stay unready: see ``start_unready``)."""
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py"]
@@ -62,11 +64,15 @@ class GunicornServer:
                 start_new_session=True,
             )
         try:
-            wait_until_ready(self.url, self.process, self.log_path, timeout)
+            wait_until_ready(self.url, self.process, self.log_path, timeout, probe)
         except AssertionError:
             self.stop()  # never leave a server that did not come up running
             raise
         return self
+
+    def start_unready(self, timeout: float = 60.0) -> GunicornServer:
+        """Start and wait until it answers at all (/healthz), ready or not."""
+        return self.start(timeout, probe="/healthz")
 
     def stop(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
@@ -94,8 +100,10 @@ class GunicornServer:
         return sorted(int(pid) for pid in children.read_text().split())
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    """Poll /readyz until 200; fail early (with the log) if the server died."""
+def wait_until_ready(
+    url: str, process: subprocess.Popen, log_path: Path, timeout: float, probe: str = "/readyz"
+) -> None:
+    """Poll ``probe`` until 200; fail early (with the log) if the server died."""
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / 0.05) + 1):
         if process.poll() is not None:
@@ -103,7 +111,7 @@ def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeou
                 f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
             )
         try:
-            if requests.get(url + "/readyz", timeout=2).status_code == 200:
+            if requests.get(url + probe, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
