@@ -11,10 +11,11 @@ import copy
 
 from flask import Flask
 
+from service.openapi_schemas import SCHEMAS, ref
 from training import __version__
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_V2_ERROR = {"$ref": "#/components/schemas/V2Error"}
+_ERROR = ref("Error")
+_V2_ERROR = ref("V2Error")
 
 
 def _json_content(schema: dict) -> dict:
@@ -81,119 +82,11 @@ _PIXELS_28 = {
     "description": "28 rows of 28 pixels, 0 background to 255 ink (MNIST convention)",
 }
 
-_SCHEMAS = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    },
-    "V2Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {"error": {"type": "string"}},
-    },
-    "PredictJson": {
-        "oneOf": [
-            {"type": "object", "required": ["image"], "properties": {"image": _PIXELS_28}},
-            {
-                "type": "object",
-                "required": ["images"],
-                "properties": {"images": {"type": "array", "items": _PIXELS_28, "minItems": 1}},
-            },
-        ]
-    },
-    "Prediction": {
-        "type": "object",
-        "required": ["label", "confidence", "probabilities"],
-        "properties": {
-            "label": {"description": "the class label with the highest probability"},
-            "confidence": {"type": "number"},
-            "probabilities": {"type": "array", "items": {"type": "number"}},
-            "input_png": {
-                "type": "string",
-                "description": "with ?explain=1: the 28x28 image the model saw, as a PNG data URL",
-            },
-            "input_pixels": {
-                "type": "array",
-                "items": {"type": "number"},
-                "description": "with ?explain=1: the 784 pixel values the model saw",
-            },
-        },
-    },
-    "PredictResponse": {
-        "type": "object",
-        "required": ["model", "predictions"],
-        "properties": {
-            "model": {
-                "type": "object",
-                "properties": {"name": {"type": "string"}, "version": {"type": "integer"}},
-            },
-            "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
-        },
-    },
-    "V2Tensor": {
-        "type": "object",
-        "required": ["name", "datatype", "shape"],
-        "properties": {
-            "name": {"type": "string"},
-            "datatype": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer"}},
-            "parameters": {"type": "object"},
-            "data": {"type": "array"},
-        },
-    },
-    "V1PredictRequest": {
-        "type": "object",
-        "description": "either instances (row format) or inputs (columnar); an image is 28 "
-        'rows of 28 pixels 0-255, 784 values, or {"b64": base64 of an image file}',
-        "properties": {
-            "instances": {"type": "array", "items": {}},
-            "inputs": {},
-        },
-    },
-    "V2InferenceRequest": {
-        "type": "object",
-        "required": ["inputs"],
-        "properties": {
-            "id": {"type": "string"},
-            "parameters": {"type": "object"},
-            "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}},
-            "outputs": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
-                },
-            },
-        },
-    },
-    "V2InferenceResponse": {
-        "type": "object",
-        "required": ["model_name", "outputs"],
-        "properties": {
-            "model_name": {"type": "string"},
-            "model_version": {"type": "string"},
-            "id": {"type": "string"},
-            "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}},
-        },
-    },
-    "Object": {"type": "object"},
-}
-
-_OBJECT = {"$ref": "#/components/schemas/Object"}
-
 
 _PREDICT_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/PredictJson"}},
+        "application/json": {"schema": ref("PredictJson")},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -214,6 +107,39 @@ _PREDICT_BODY = {
 }
 
 
+# Generated clients name their methods after these: stable, unique, verbs first.
+_OPERATION_IDS = {
+    ("get", "/"): "getWebPage",
+    ("get", "/api"): "getRouteIndex",
+    ("get", "/ui/models"): "getModelsPage",
+    ("get", "/ui/static/{filename}"): "getStaticFile",
+    ("get", "/healthz"): "getLiveness",
+    ("get", "/readyz"): "getReadiness",
+    ("post", "/predict"): "predict",
+    ("post", "/models/{name}/predict"): "predictWithModel",
+    ("get", "/models"): "listModels",
+    ("get", "/models/{name}"): "getModel",
+    ("get", "/models/{name}/versions/{version}"): "getModelVersion",
+    ("post", "/admin/reload"): "reloadModels",
+    ("get", "/metrics"): "getMetrics",
+    ("get", "/openapi.json"): "getOpenApiDocument",
+    ("get", "/v2"): "v2ServerMetadata",
+    ("get", "/v2/health/live"): "v2ServerLive",
+    ("get", "/v2/health/ready"): "v2ServerReady",
+    ("get", "/v2/models/{name}"): "v2ModelMetadata",
+    ("get", "/v2/models/{name}/versions/{version}"): "v2ModelVersionMetadata",
+    ("get", "/v2/models/{name}/ready"): "v2ModelReady",
+    ("get", "/v2/models/{name}/versions/{version}/ready"): "v2ModelVersionReady",
+    ("post", "/v2/models/{name}/infer"): "v2ModelInfer",
+    ("post", "/v2/models/{name}/versions/{version}/infer"): "v2ModelVersionInfer",
+    ("get", "/v1/models"): "v1ListModels",
+    ("get", "/v1/models/{name}"): "v1ModelReady",
+    ("get", "/v1/models/{name}/versions/{version}"): "v1ModelVersionReady",
+    ("post", "/v1/models/{name}:predict"): "v1Predict",
+    ("post", "/v1/models/{name}/versions/{version}:predict"): "v1PredictVersion",
+}
+
+
 def _predict_operation(which: str, parameters: list) -> dict:
     """POST /predict and /models/{name}/predict: the same body and answer."""
     return {
@@ -231,13 +157,22 @@ def _predict_operation(which: str, parameters: list) -> dict:
         ],
         "requestBody": _PREDICT_BODY,
         "responses": {
-            "200": _ok("predictions, in order", {"$ref": "#/components/schemas/PredictResponse"}),
+            "200": _ok("predictions, in order", ref("PredictResponse")),
             **_error_responses(400, 404, 409, 413, 415, 503),
         },
     }
 
 
 def _paths() -> dict:
+    """Every route's operations, each with its operationId (``_OPERATION_IDS``)."""
+    paths = _described_paths()
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation["operationId"] = _OPERATION_IDS[(method, path)]
+    return paths
+
+
+def _described_paths() -> dict:
     v2_model_errors = _error_responses(404, 409, 503, v2=True)
     return {
         "/": {
@@ -249,7 +184,7 @@ def _paths() -> dict:
         "/api": {
             "get": {
                 "summary": "This index of routes, as JSON",
-                "responses": {"200": _ok("routes", _OBJECT)},
+                "responses": {"200": _ok("routes", ref("RouteIndex"))},
             }
         },
         "/ui/models": {
@@ -268,13 +203,13 @@ def _paths() -> dict:
         "/healthz": {
             "get": {
                 "summary": "Liveness: the process answers (independent of the model)",
-                "responses": {"200": _ok("alive", _OBJECT)},
+                "responses": {"200": _ok("alive", ref("Health"))},
             }
         },
         "/readyz": {
             "get": {
                 "summary": "Readiness: a verified, warmed-up model is served",
-                "responses": {"200": _ok("ready", _OBJECT), **_error_responses(503)},
+                "responses": {"200": _ok("ready", ref("Readiness")), **_error_responses(503)},
             }
         },
         "/predict": {"post": _predict_operation("the default model (MODEL_NAME)", [])},
@@ -284,29 +219,35 @@ def _paths() -> dict:
         "/models": {
             "get": {
                 "summary": "The store's models, their versions and aliases, and what is served",
-                "responses": {"200": _ok("models", _OBJECT)},
+                "responses": {"200": _ok("models", ref("ModelList")), **_error_responses(503)},
             }
         },
         "/models/{name}": {
             "get": {
                 "summary": "One model: versions with manifest summaries, aliases, serving state",
                 "parameters": [_NAME],
-                "responses": {"200": _ok("model", _OBJECT), **_error_responses(400, 404)},
+                "responses": {
+                    "200": _ok("model", ref("ModelDetail")),
+                    **_error_responses(400, 404, 503),
+                },
             }
         },
         "/models/{name}/versions/{version}": {
             "get": {
                 "summary": "One version's manifest (metrics, training, provenance)",
                 "parameters": [_NAME, _VERSION],
-                "responses": {"200": _ok("version", _OBJECT), **_error_responses(400, 404, 409)},
+                "responses": {
+                    "200": _ok("version", ref("VersionDetail")),
+                    **_error_responses(400, 404, 409, 503),
+                },
             }
         },
         "/admin/reload": {
             "post": {
-                "summary": "Check the store now and swap in a new version (this worker)",
+                "summary": "Check the store now and swap in new versions, in every worker",
                 "security": [{"adminToken": []}],
                 "responses": {
-                    "200": _ok("outcome", _OBJECT),
+                    "200": _ok("outcome", ref("ReloadOutcome")),
                     **_error_responses(401, 403, 404, 409),
                 },
             }
@@ -318,27 +259,33 @@ def _paths() -> dict:
             }
         },
         "/openapi.json": {
-            "get": {"summary": "This document", "responses": {"200": _ok("OpenAPI", _OBJECT)}}
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _ok("OpenAPI", ref("OpenApiDocument"))},
+            }
         },
         "/v2": {
             "get": {
                 "summary": "V2 server metadata",
                 "tags": ["v2"],
-                "responses": {"200": _ok("server metadata", _OBJECT)},
+                "responses": {"200": _ok("server metadata", ref("V2ServerMetadata"))},
             }
         },
         "/v2/health/live": {
             "get": {
                 "summary": "V2 server liveness",
                 "tags": ["v2"],
-                "responses": {"200": _ok("live", _OBJECT)},
+                "responses": {"200": _ok("live", ref("V2Live"))},
             }
         },
         "/v2/health/ready": {
             "get": {
                 "summary": "V2 server readiness",
                 "tags": ["v2"],
-                "responses": {"200": _ok("ready", _OBJECT), **_error_responses(503, v2=True)},
+                "responses": {
+                    "200": _ok("ready", ref("V2Ready")),
+                    **_error_responses(503, v2=True),
+                },
             }
         },
         "/v2/models/{name}": {
@@ -346,7 +293,7 @@ def _paths() -> dict:
                 "summary": "V2 model metadata (served version)",
                 "tags": ["v2"],
                 "parameters": [_NAME],
-                "responses": {"200": _ok("metadata", _OBJECT), **v2_model_errors},
+                "responses": {"200": _ok("metadata", ref("V2ModelMetadata")), **v2_model_errors},
             }
         },
         "/v2/models/{name}/versions/{version}": {
@@ -354,7 +301,7 @@ def _paths() -> dict:
                 "summary": "V2 model metadata (one version)",
                 "tags": ["v2"],
                 "parameters": [_NAME, _V2_VERSION],
-                "responses": {"200": _ok("metadata", _OBJECT), **v2_model_errors},
+                "responses": {"200": _ok("metadata", ref("V2ModelMetadata")), **v2_model_errors},
             }
         },
         "/v2/models/{name}/ready": {
@@ -362,7 +309,7 @@ def _paths() -> dict:
                 "summary": "V2 model readiness (served version)",
                 "tags": ["v2"],
                 "parameters": [_NAME],
-                "responses": {"200": _ok("ready", _OBJECT), **v2_model_errors},
+                "responses": {"200": _ok("ready", ref("ModelReadiness")), **v2_model_errors},
             }
         },
         "/v2/models/{name}/versions/{version}/ready": {
@@ -370,7 +317,7 @@ def _paths() -> dict:
                 "summary": "V2 model readiness (one version, loaded on demand)",
                 "tags": ["v2"],
                 "parameters": [_NAME, _V2_VERSION],
-                "responses": {"200": _ok("ready", _OBJECT), **v2_model_errors},
+                "responses": {"200": _ok("ready", ref("ModelReadiness")), **v2_model_errors},
             }
         },
         "/v2/models/{name}/infer": _v2_infer("V2 inference (served version)", [_NAME]),
@@ -384,11 +331,11 @@ def _paths() -> dict:
 def _v1_paths() -> dict:
     """KServe V1 / TensorFlow Serving REST (service/v1.py)."""
     v1_errors = _error_responses(404, 409, 503, v2=True)
-    ready = {"200": _ok("ready", _OBJECT), **v1_errors}
+    ready = {"200": _ok("ready", ref("ModelReadiness")), **v1_errors}
     predict_errors = _error_responses(400, 404, 409, 413, 503, v2=True)
     predict_body = {
         "required": True,
-        "content": _json_content({"$ref": "#/components/schemas/V1PredictRequest"}),
+        "content": _json_content(ref("V1PredictRequest")),
     }
 
     def predict(summary: str, parameters: list) -> dict:
@@ -398,7 +345,10 @@ def _v1_paths() -> dict:
                 "tags": ["v1"],
                 "parameters": parameters,
                 "requestBody": predict_body,
-                "responses": {"200": _ok("predictions", _OBJECT), **predict_errors},
+                "responses": {
+                    "200": _ok("predictions", ref("V1PredictResponse")),
+                    **predict_errors,
+                },
             }
         }
 
@@ -407,7 +357,7 @@ def _v1_paths() -> dict:
             "get": {
                 "summary": "V1: the models served",
                 "tags": ["v1"],
-                "responses": {"200": _ok("model names", _OBJECT)},
+                "responses": {"200": _ok("model names", ref("V1ModelList"))},
             }
         },
         "/v1/models/{name}": {
@@ -451,10 +401,10 @@ def _v2_infer(summary: str, parameters: list) -> dict:
             ],
             "requestBody": {
                 "required": True,
-                "content": _json_content({"$ref": "#/components/schemas/V2InferenceRequest"}),
+                "content": _json_content(ref("V2InferenceRequest")),
             },
             "responses": {
-                "200": _ok("outputs", {"$ref": "#/components/schemas/V2InferenceResponse"}),
+                "200": _ok("outputs", ref("V2InferenceResponse")),
                 **_error_responses(400, 404, 409, 413, 503, v2=True),
             },
         }
@@ -477,9 +427,16 @@ def openapi_document(settings: dict) -> dict:
                 '{"error": {"code", "message"}}; under /v2 they are {"error": "<message>"}.'
             ),
         },
+        "servers": [
+            {
+                "url": "/",
+                "description": "the server that answered this document (make serve: "
+                "http://127.0.0.1:8000)",
+            }
+        ],
         "paths": _paths(),
         "components": {
-            "schemas": copy.deepcopy(_SCHEMAS),
+            "schemas": copy.deepcopy(SCHEMAS),
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
     }
