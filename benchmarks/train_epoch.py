@@ -167,6 +167,9 @@ def measure(data_dir: str, runs: int, epochs: int, threads: int | None) -> dict:
                     results[name].append(run_ours(data_dir, epochs, threads, Path(tmp)))
                 else:
                     results[name].append(run_torch(data_dir, epochs, threads))
+                # Progress on stderr: a run takes from seconds to minutes with the load.
+                seconds = ", ".join(f"{s:.1f}" for s in results[name][-1]["epoch_seconds"])
+                print(f"run {run + 1}/{runs} {name}: epochs {seconds} s", file=sys.stderr)
     return results
 
 
