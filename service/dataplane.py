@@ -4,7 +4,8 @@
       -> DataPlane.model(name, version, alias)  the served or pinned model (Predictor)
       -> DataPlane.pixels(model, kind, payload) one validated batch (service/inputs/)
          or DataPlane.validate(model, values)   for protocols that decode their own tensors
-      -> DataPlane.infer(model, pixels)         the network's forward pass (Bundle.predict_proba)
+      -> DataPlane.infer(model, pixels)         the network's forward pass (Bundle.predict):
+                                                calibrated probabilities, OOD score and flag
       -> route                                  encodes Predictions in its protocol's shape
 
 Protocol modules only translate: every limit and every check on pixels lives behind this
@@ -30,13 +31,26 @@ logger = logging.getLogger("convserve.dataplane")
 
 @dataclass(frozen=True)
 class Predictions:
-    """One batch answered: the model that answered, its probabilities (N, K) float C-contiguous,
-    and per image the index of the top class and its label."""
+    """One batch answered: the model that answered, its probabilities (N, K) float
+    C-contiguous (calibrated when the bundle has a temperature), per image the index of the
+    top class and its label; and, when the bundle has a detector (``ood_available``), per image
+    the out-of-distribution score (N,) in units of its threshold and the flag (N,) bool
+    ``not_a_digit`` (score > 1). Without a detector both are None: unavailable, never made up."""
 
     model: ServedModel
     probabilities: np.ndarray
     top: list[int]
     labels: list
+    ood_score: np.ndarray | None = None
+    not_a_digit: np.ndarray | None = None
+
+    @property
+    def ood_available(self) -> bool:
+        return self.ood_score is not None
+
+    def confidences(self) -> np.ndarray:
+        """(N,) the probability of each image's top class."""
+        return self.probabilities[np.arange(len(self.top)), self.top]
 
 
 class InferenceHooks:
@@ -47,6 +61,9 @@ class InferenceHooks:
 
     def count_invalid_output(self, name: str, version: int) -> None:
         """The model produced a non-finite number for a request."""
+
+    def observe_predictions(self, result: Predictions) -> None:
+        """A batch was answered: its confidences, OOD scores and flags (the drift view)."""
 
     def inference_done(self, name: str, version: int, batch: int, seconds: float) -> None:
         """A forward pass of ``batch`` images took ``seconds``."""
@@ -98,22 +115,34 @@ class DataPlane:
         return pixel_batch(values, self.spec(model), where, single=single)
 
     def infer(self, model: ServedModel, pixels: np.ndarray) -> Predictions:
-        """Probabilities for pixels (N, H, W) from ``model``. A non-finite output is never
-        answered: it raises ModelOutputInvalid (500) naming the version, logged and counted."""
+        """``Predictions`` for pixels (N, H, W) from ``model``: one forward pass giving the
+        calibrated probabilities and, when the bundle has a detector, the OOD scores. A
+        non-finite output is never answered: it raises ModelOutputInvalid (500) naming the
+        version, logged and counted."""
         started = time.perf_counter()
-        probabilities = np.ascontiguousarray(model.predict_proba(pixels))
+        prediction = model.predict(pixels)
         self.hooks.inference_done(
             model.name, model.version, len(pixels), time.perf_counter() - started
         )
-        if not np.isfinite(probabilities).all():
-            self.hooks.count_invalid_output(model.name, model.version)
-            message = (
-                f"{format_ref(model.name, model.version)} produced non-finite probabilities "
-                f"for this request; nothing was answered"
-            )
-            logger.error(message, extra={"fields": {"event": "model_output_invalid"}})
-            raise ModelOutputInvalid(message)
+        probabilities = np.ascontiguousarray(prediction.probabilities)
+        scores = prediction.ood_score if prediction.ood_available else None
+        if not np.isfinite(probabilities).all() or (
+            scores is not None and not np.isfinite(scores).all()
+        ):
+            self._refuse_invalid_output(model)
         top = probabilities.argmax(axis=1).tolist()
         labels = [model.labels[index] for index in top]
+        flags = prediction.not_a_digit if scores is not None else None
+        result = Predictions(model, probabilities, top, labels, scores, flags)
         self.hooks.count_predictions(model.name, labels)
-        return Predictions(model, probabilities, top, labels)
+        self.hooks.observe_predictions(result)
+        return result
+
+    def _refuse_invalid_output(self, model: ServedModel) -> None:
+        self.hooks.count_invalid_output(model.name, model.version)
+        message = (
+            f"{format_ref(model.name, model.version)} produced non-finite probabilities "
+            f"for this request; nothing was answered"
+        )
+        logger.error(message, extra={"fields": {"event": "model_output_invalid"}})
+        raise ModelOutputInvalid(message)

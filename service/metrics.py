@@ -38,6 +38,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from service.dataplane import InferenceHooks
 from service.predictor import ReloadHooks
 from service.process_metrics import WorkerProcessCollector
+from training.ood import CONFIDENCE_BOUNDS, OOD_SCORE_BOUNDS
 
 # Latency buckets around the targets (p99 <= 10 ms for one image) with room for batches.
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1)
@@ -143,6 +144,29 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
             "Predictions returned, by model and predicted label.",
             ["model", "label"],
         )
+        # The drift view: live traffic against the validation distributions each bundle
+        # records (metadata "distributions", same bounds).
+        self.confidence = self._metric(
+            Histogram,
+            "convserve_prediction_confidence",
+            "Probability of the predicted class (calibrated), by model and version.",
+            ["model", "version"],
+            buckets=CONFIDENCE_BOUNDS,
+        )
+        self.ood_score = self._metric(
+            Histogram,
+            "convserve_prediction_ood_score",
+            "Out-of-distribution score in units of the version's threshold (> 1: not a "
+            "digit), by model and version; versions without a detector report none.",
+            ["model", "version"],
+            buckets=OOD_SCORE_BOUNDS,
+        )
+        self.not_a_digit = self._metric(
+            Counter,
+            "convserve_predictions_not_a_digit_total",
+            "Predictions flagged not_a_digit, by model and version.",
+            ["model", "version"],
+        )
         self.invalid_outputs = self._metric(
             Counter,
             "convserve_model_invalid_outputs_total",
@@ -227,6 +251,19 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
             counts[label] = counts.get(label, 0) + 1
         for label, count in counts.items():
             self.predictions(model, str(label)).inc(count)
+
+    def observe_predictions(self, result) -> None:
+        model, version = result.model.name, str(result.model.version)
+        confidence = self.confidence(model, version)
+        for value in result.confidences().tolist():
+            confidence.observe(value)
+        if result.ood_available:
+            scores = self.ood_score(model, version)
+            for value in result.ood_score.tolist():
+                scores.observe(value)
+            flagged = int(result.not_a_digit.sum())
+            if flagged:
+                self.not_a_digit(model, version).inc(flagged)
 
     def count_invalid_output(self, name: str, version: int) -> None:
         self.invalid_outputs(name, str(version)).inc()

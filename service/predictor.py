@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import NotReady
-from training.bundle import IMAGE_SHAPE, Bundle
+from training.bundle import IMAGE_SHAPE, Bundle, Prediction
 from training.errors import BundleInvalid, ConvserveError
 from training.store import LATEST, ModelStore, format_ref
 
@@ -55,13 +55,19 @@ class ServedModel:
         return len(self.labels)
 
     @property
+    def has_detector(self) -> bool:
+        """True when the bundle carries a not-a-digit detector (an OOD score per image)."""
+        return self.bundle.detector is not None
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         """The image shape (H, W) the bundle's input contract takes, in pixels."""
         return tuple(self.bundle.input.get("shape", IMAGE_SHAPE))
 
-    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels (N, H, W) float32 in 0-255 -> probabilities (N, num_classes)."""
-        return self.bundle.predict_proba(pixels)
+    def predict(self, pixels: np.ndarray) -> Prediction:
+        """pixels (N, H, W) float32 in 0-255 -> ``training.bundle.Prediction``: calibrated
+        probabilities (N, num_classes), the OOD score and the not-a-digit flag (N,)."""
+        return self.bundle.predict(pixels)
 
 
 class ReloadHooks:

@@ -107,13 +107,23 @@ def predict(name: str | None):
 
 
 def predictions_document(result: Predictions, pixels: np.ndarray, *, explain: bool) -> dict:
-    """The /predict answer: per image, in order, the label, its probability and all of them;
+    """The /predict answer: per image, in order, the label, its probability and all of them,
+    and whether it looks like a digit at all: ``not_a_digit`` (bool) and ``ood_score`` (> 1:
+    not a digit), both null when the version has no detector (unavailable, never made up);
     with ``explain``, the 28x28 pixels the model saw (as numbers and as a PNG data URL)."""
     probabilities = result.probabilities
+    flags = result.not_a_digit.tolist() if result.ood_available else None
+    scores = result.ood_score.tolist() if result.ood_available else None
     predictions = []
     for row, (index, label) in enumerate(zip(result.top, result.labels, strict=True)):
-        scores = probabilities[row]
-        prediction = {"label": label, "confidence": scores[index], "probabilities": scores}
+        row_probabilities = probabilities[row]
+        prediction = {
+            "label": label,
+            "confidence": row_probabilities[index],
+            "probabilities": row_probabilities,
+            "not_a_digit": None if flags is None else flags[row],
+            "ood_score": None if scores is None else scores[row],
+        }
         if explain:
             prediction["input_png"] = pixels_to_png_data_url(pixels[row])
             prediction["input_pixels"] = np.ascontiguousarray(pixels[row]).reshape(-1)

@@ -105,14 +105,29 @@ def _b64(instance: dict, where: str) -> bytes:
         raise BadRequest(f"{where}: b64 is not valid base64") from None
 
 
+def _ood(result: Predictions) -> tuple[list | None, list | None]:
+    """(not_a_digit, ood_score) lists, or Nones when the version has no detector."""
+    if not result.ood_available:
+        return None, None
+    return result.not_a_digit.tolist(), result.ood_score.tolist()
+
+
 def _rows(result: Predictions) -> dict:
+    flags, scores = _ood(result)
     return {
         "predictions": [
-            {"label": label, "probabilities": result.probabilities[row]}
+            {
+                "label": label,
+                "probabilities": result.probabilities[row],
+                "not_a_digit": None if flags is None else flags[row],
+                "ood_score": None if scores is None else scores[row],
+            }
             for row, label in enumerate(result.labels)
         ]
     }
 
 
 def _columnar(result: Predictions) -> dict:
-    return {"outputs": {"label": result.labels, "probabilities": result.probabilities}}
+    flags, scores = _ood(result)
+    outputs = {"label": result.labels, "probabilities": result.probabilities}
+    return {"outputs": {**outputs, "not_a_digit": flags, "ood_score": scores}}

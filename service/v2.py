@@ -47,7 +47,11 @@ v2_blueprint = Blueprint("v2", __name__, url_prefix="/v2")
 INPUT_NAME = "input"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_LABEL = "label"
+OUTPUT_NOT_A_DIGIT = "not_a_digit"
+OUTPUT_OOD_SCORE = "ood_score"
+# Bundles with a not-a-digit detector have two more outputs; others have none to offer.
 OUTPUT_NAMES = (OUTPUT_PROBABILITIES, OUTPUT_LABEL)
+DETECTOR_OUTPUT_NAMES = (OUTPUT_NOT_A_DIGIT, OUTPUT_OOD_SCORE)
 EXTENSIONS = ["binary_tensor_data"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The protocol's numeric datatypes -> little-endian numpy dtypes (binary data is little-endian).
@@ -104,6 +108,14 @@ def model_metadata(model: ServedModel, versions: list[int]) -> dict:
         "outputs": [
             {"name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, model.num_classes]},
             {"name": OUTPUT_LABEL, "datatype": label_type, "shape": [-1]},
+            *(
+                [
+                    {"name": OUTPUT_NOT_A_DIGIT, "datatype": "BOOL", "shape": [-1]},
+                    {"name": OUTPUT_OOD_SCORE, "datatype": "FP32", "shape": [-1]},
+                ]
+                if model.has_detector
+                else []
+            ),
         ],
         "parameters": {"class_labels": list(model.labels)},
     }
@@ -174,7 +186,7 @@ def infer(name: str, version_text: str | None):
         raise BadRequest("'id' must be a string")
     parameters = _object(payload.get("parameters"), "parameters")
     values = tensor_values(payload.get("inputs"), binary, dataplane.spec(model))
-    outputs = requested_outputs(payload.get("outputs"), parameters)
+    outputs = requested_outputs(payload.get("outputs"), parameters, output_names(model))
     result = dataplane.infer(model, dataplane.validate(model, values, INPUT_NAME))
     return infer_response(result, outputs, request_id)
 
@@ -186,6 +198,9 @@ def infer_response(result: Predictions, outputs: list[tuple[str, bool]], request
         OUTPUT_PROBABILITIES: ("FP32", result.probabilities.astype(np.float32, copy=False)),
         OUTPUT_LABEL: _label_tensor(model, result.labels),
     }
+    if result.ood_available:
+        tensors[OUTPUT_NOT_A_DIGIT] = ("BOOL", result.not_a_digit)
+        tensors[OUTPUT_OOD_SCORE] = ("FP32", result.ood_score.astype(np.float32))
     response_outputs, chunks = [], []
     for output_name, as_binary in outputs:
         datatype, array = tensors[output_name]
@@ -309,18 +324,30 @@ def _images_in_data(data, shape: tuple[int, ...]) -> list:
     return data
 
 
-def requested_outputs(outputs, parameters: dict) -> list[tuple[str, bool]]:
-    """(name, as binary) for each output to return, in the order asked for."""
+def output_names(model: ServedModel) -> tuple[str, ...]:
+    """The outputs ``model`` has: the detector's two only when its bundle carries one."""
+    return OUTPUT_NAMES + (DETECTOR_OUTPUT_NAMES if model.has_detector else ())
+
+
+def requested_outputs(
+    outputs, parameters: dict, names: tuple[str, ...] = OUTPUT_NAMES
+) -> list[tuple[str, bool]]:
+    """(name, as binary) for each output to return, in the order asked for; ``names`` are
+    the outputs the model has (all of them when none are asked for)."""
     binary_by_default = parameters.get("binary_data_output") is True
     if outputs is None:
-        return [(name, binary_by_default) for name in OUTPUT_NAMES]
+        return [(name, binary_by_default) for name in names]
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise BadRequest("'outputs' must be a list of objects with a 'name'")
     chosen = []
     for output in outputs:
         name = output.get("name")
-        if name not in OUTPUT_NAMES:
-            raise BadRequest(f"unknown output {name!r}; the model has {', '.join(OUTPUT_NAMES)}")
+        if name not in names:
+            unavailable = " (this version has no not-a-digit detector)"
+            raise BadRequest(
+                f"unknown output {name!r}; the model has {', '.join(names)}"
+                + (unavailable if name in DETECTOR_OUTPUT_NAMES else "")
+            )
         output_parameters = _object(output.get("parameters"), f"outputs[{name}].parameters")
         as_binary = output_parameters.get("binary_data", binary_by_default) is True
         chosen.append((name, as_binary))
@@ -344,4 +371,6 @@ def _tensor_bytes(datatype: str, array: np.ndarray) -> bytes:
             encoded = str(item).encode("utf-8")
             parts.append(len(encoded).to_bytes(4, "little") + encoded)
         return b"".join(parts)
+    if datatype == "BOOL":
+        return np.ascontiguousarray(array, dtype=np.bool_).tobytes()  # one byte each
     return np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes()

@@ -3,6 +3,7 @@ method a client invents cannot grow the metrics (label values come from closed s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -29,7 +30,13 @@ def break_served_model(app) -> None:
     overflow only on some inputs would); nothing in the public API can make a verified model
     do that on demand."""
     bundle = app.extensions["convserve"].predictor.served.bundle
-    bundle.predict_proba = lambda pixels: np.full((len(pixels), 10), np.nan, np.float32)
+    healthy = bundle.predict
+
+    def broken(pixels):
+        prediction = healthy(pixels)
+        return dataclasses.replace(prediction, probabilities=prediction.probabilities * np.nan)
+
+    bundle.predict = broken
 
 
 BODIES = {

@@ -118,7 +118,9 @@ def test_explain_returns_the_image_the_model_saw(client):
 def test_without_explain_there_are_no_explanations(client):
     response = post_json(client, {"image": synthetic_digit().tolist()})
     (prediction,) = response.get_json()["predictions"]
-    assert set(prediction) == {"label", "confidence", "probabilities"}
+    assert set(prediction) == {"label", "confidence", "probabilities", "not_a_digit", "ood_score"}
+    # The test bundles have no detector: unavailable, not made up.
+    assert prediction["not_a_digit"] is None and prediction["ood_score"] is None
 
 
 # ------------------------------------------------------------------------------ pinning
