@@ -32,6 +32,7 @@ def export_revision(revision: str, directory: Path) -> Path:
         check=True,
         capture_output=True,
     ).stdout
+    directory.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(directory, filter="data")
     return directory
@@ -67,17 +68,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("revision", help="the git revision to compare against, e.g. HEAD~3")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--new",
+        help="a revision to compare instead of the working tree (e.g. HEAD), exported "
+        "like the old one so edits made during the run cannot leak in",
+    )
     args = parser.parse_args(own)
     runs: dict[str, list[dict]] = {"new": [], "old": []}
     with tempfile.TemporaryDirectory(prefix="convserve-rev-") as directory:
-        trees = {"new": REPO, "old": export_revision(args.revision, Path(directory))}
+        old = export_revision(args.revision, Path(directory) / "old")
+        new = REPO if args.new is None else export_revision(args.new, Path(directory) / "new")
+        trees = {"new": new, "old": old}
         for round_index in range(args.rounds):
             order = ("new", "old") if round_index % 2 == 0 else ("old", "new")
             for name in order:
                 runs[name].append(serve_load(trees[name], extra))
                 print(f"round {round_index + 1}: {name} done", file=sys.stderr)
     new, old = summarise(runs["new"]), summarise(runs["old"])
-    print(f"this tree vs {args.revision}, medians of {args.rounds} rounds")
+    print(f"{args.new or 'this tree'} vs {args.revision}, medians of {args.rounds} rounds")
     print("  c | predict req/s new / old = x | predict/healthz new / old | cpu us/req new / old")
     for concurrency in sorted(new):
         n, o = new[concurrency], old[concurrency]
