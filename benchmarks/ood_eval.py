@@ -35,7 +35,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import interleaved, median, mnist_test_digits  # noqa: E402
+from benchmarks.common import find_mnist_dir, interleaved, median, mnist_test_digits  # noqa: E402
 from service.errors import BadRequest  # noqa: E402
 from service.inputs.images import pixels_from_image  # noqa: E402
 from service.inputs.mnist_form import normalise_like_mnist  # noqa: E402
@@ -43,22 +43,55 @@ from service.inputs.validate import InputSpec  # noqa: E402
 from training.bundle import Bundle, load_bundle, normalise  # noqa: E402
 from training.calibration import calibrated_probabilities, expected_calibration_error  # noqa: E402
 from training.nondigits import full_field_kinds, ink_drawings  # noqa: E402
-from training.ood import auroc, energy_score, max_softmax_score  # noqa: E402
+from training.ood import (  # noqa: E402
+    ClassGaussians,
+    auroc,
+    energy_score,
+    max_softmax_score,
+    view_features,
+    views_of,
+)
 from training.trainer import class_indices  # noqa: E402
 
 PHOTO_SIDE = 280
 
 
-def scores_by_method(bundle: Bundle, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Images (N, 28, 28) -> {method: (N,) scores, higher = less like a digit}."""
-    x = normalise(images, bundle.input, bundle.network.dtype.type)
-    features, logits = bundle.network.features_and_logits(x)
+def scores_by_method(bundle: Bundle, images: np.ndarray, penultimate=None) -> dict:
+    """Images (N, 28, 28) -> {method: (N,) scores, higher = less like a digit}: the bundle's
+    detector, the energy and max-softmax scores of its (calibrated) logits, and, given
+    ``penultimate`` (ClassGaussians fitted on training digits), Mahalanobis on the penultimate
+    features alone. In batches of 1,000."""
     temperature = bundle.temperature or 1.0
-    return {
-        "mahalanobis": bundle.detector.scores(features),
-        "energy": energy_score(logits, temperature),
-        "max_softmax": max_softmax_score(logits, temperature),
-    }
+    parts: dict[str, list] = {}
+    for start in range(0, max(len(images), 1), 1000):
+        x = normalise(images[start : start + 1000], bundle.input, bundle.network.dtype.type)
+        outputs = bundle.network.forward_outputs(x)
+        scores = {
+            "mahalanobis": bundle.detector.scores(views_of(outputs, bundle.detector.views)),
+            "energy": energy_score(outputs[-1], temperature),
+            "max_softmax": max_softmax_score(outputs[-1], temperature),
+        }
+        if penultimate is not None:
+            scores["penultimate"] = penultimate.distances(view_features(outputs, "penultimate"))
+        for method, values in scores.items():
+            parts.setdefault(method, []).append(values)
+    return {method: np.concatenate(values) for method, values in parts.items()}
+
+
+def fit_penultimate(bundle: Bundle, count: int = 10_000) -> ClassGaussians:
+    """The penultimate-features-only alternative: class Gaussians on ``count`` MNIST training
+    digits (the first ones; the default recipe trained on them or held them out)."""
+    from training.data import read_idx
+
+    directory = find_mnist_dir()
+    images = read_idx(directory / "train-images-idx3-ubyte.gz")[:count]
+    labels = read_idx(directory / "train-labels-idx1-ubyte.gz")[:count]
+    features = []
+    for start in range(0, count, 1000):
+        x = normalise(images[start : start + 1000], bundle.input, bundle.network.dtype.type)
+        features.append(view_features(bundle.network.forward_outputs(x), "penultimate"))
+    targets = class_indices(labels, bundle.class_labels)
+    return ClassGaussians.fit(np.concatenate(features), targets, len(bundle.class_labels))
 
 
 def drawn_in_mnist_form(inks: list[np.ndarray]) -> np.ndarray:
@@ -184,18 +217,21 @@ def evaluate(bundle: Bundle, digits: int, photos: int) -> dict:
     """Every figure of the module docstring, as one JSON-able document."""
     images, labels, source = mnist_test_digits(digits)
     rng = np.random.default_rng(0)
-    digit_scores = scores_by_method(bundle, images)
+    penultimate = fit_penultimate(bundle) if find_mnist_dir() is not None else None
+
+    def score(x):
+        return scores_by_method(bundle, x, penultimate)
+
+    digit_scores = score(images)
     drawn = {kind: drawn_in_mnist_form(inks) for kind, inks in ink_drawings(rng).items()}
     drawn.update(full_field_kinds(rng, 300))
-    drawings = {
-        kind: kind_figures(digit_scores, scores_by_method(bundle, x)) for kind, x in drawn.items()
-    }
+    drawings = {kind: kind_figures(digit_scores, score(x)) for kind, x in drawn.items()}
     all_drawn = np.concatenate(list(drawn.values()))
-    drawings["all"] = kind_figures(digit_scores, scores_by_method(bundle, all_drawn))
+    drawings["all"] = kind_figures(digit_scores, score(all_drawn))
     photo_digits, digits_refused = photo_pixels(
         [d.astype(np.float32) for d in images[:photos]], seed=1
     )
-    photo_digit_scores = scores_by_method(bundle, photo_digits)
+    photo_digit_scores = score(photo_digits)
     photo_section = {
         "digits": {
             "images": photos,
@@ -208,11 +244,9 @@ def evaluate(bundle: Bundle, digits: int, photos: int) -> dict:
         pixels, refused = photo_pixels(inks, seed=10 + offset)
         refused_total += refused
         everything.append(pixels)
-        photo_section[kind] = kind_figures(
-            photo_digit_scores, scores_by_method(bundle, pixels), refused
-        )
+        photo_section[kind] = kind_figures(photo_digit_scores, score(pixels), refused)
     photo_section["all non-digits"] = kind_figures(
-        photo_digit_scores, scores_by_method(bundle, np.concatenate(everything)), refused_total
+        photo_digit_scores, score(np.concatenate(everything)), refused_total
     )
     return {
         "bundle": str(bundle.path),
@@ -243,7 +277,8 @@ def print_report(report: dict) -> None:
             if "mahalanobis" in row:
                 line += "   " + "  ".join(
                     f"{m} {row[m]['auroc']:.3f} ({100 * row[m]['caught_at_tpr95']:.0f}%)"
-                    for m in ("mahalanobis", "energy", "max_softmax")
+                    for m in ("mahalanobis", "penultimate", "energy", "max_softmax")
+                    if m in row
                 )
             print(line)
     print("\ncost per image (us): predict_proba -> predict")

@@ -26,7 +26,7 @@ from training.calibration import calibrated_probabilities
 from training.errors import BundleInvalid
 from training.fileio import write_atomically
 from training.network import Network
-from training.ood import ARRAY_PREFIX, DetectorInvalid, MahalanobisDetector
+from training.ood import ARRAY_PREFIX, DetectorInvalid, OodDetector, views_of
 
 FORMAT_VERSION = 1
 METADATA_KEY = "__metadata__"
@@ -64,7 +64,7 @@ class Prediction:
 
     probabilities: (N, K) in the network's dtype, calibrated (softmax(logits / T)) when the
     bundle has a temperature, else the network's own. ood_score: (N,) float64, the distance to
-    the nearest digit cluster in units of the bundle's threshold (> 1: not a digit).
+    the digit clusters in units of the bundle's threshold (> 1: not a digit).
     not_a_digit: (N,) bool. ood_available: False for a bundle without a detector; then
     ood_score is all 0.0 and not_a_digit all False, placeholders that must be shown as
     "unavailable", never as a score. calibrated: whether a temperature was applied.
@@ -86,7 +86,7 @@ class Bundle:
     metadata: dict
     path: Path | None = None
     temperature: float | None = None
-    detector: MahalanobisDetector | None = field(default=None, repr=False)
+    detector: OodDetector | None = field(default=None, repr=False)
 
     @property
     def class_labels(self) -> list:
@@ -110,10 +110,10 @@ class Bundle:
                 ood_available=False,
                 calibrated=self.temperature is not None,
             )
-        features, logits = self.network.features_and_logits(x)
-        scores = self.detector.scores(features)
+        outputs = self.network.forward_outputs(x)
+        scores = self.detector.scores(views_of(outputs, self.detector.views))
         return Prediction(
-            probabilities=self._probabilities(logits),
+            probabilities=self._probabilities(outputs[-1]),
             ood_score=scores,
             not_a_digit=scores > 1.0,
             ood_available=True,
@@ -281,7 +281,7 @@ def _temperature(metadata: dict, label: str) -> float | None:
 
 def _detector(
     network: Network, metadata: dict, arrays: dict[str, np.ndarray], label: str
-) -> MahalanobisDetector | None:
+) -> OodDetector | None:
     """The OOD detector from the ``ood.*`` arrays and metadata ``ood`` (None when the bundle
     has neither). BundleInvalid when one comes without the other or they do not fit."""
     record = metadata.get("ood")
@@ -289,19 +289,12 @@ def _detector(
         return None
     if record is None or not arrays:
         raise BundleInvalid(f"{label}: the detector needs both its arrays and metadata 'ood'")
+    # One blank image through the network gives every view's width to check the arrays by.
+    outputs = network.forward_outputs(np.zeros((1, *network.spec["input_shape"]), network.dtype))
     try:
-        detector = MahalanobisDetector.from_bundle(arrays, record, _penultimate_size(network))
+        return OodDetector.from_bundle(arrays, record, outputs)
     except DetectorInvalid as exc:
         raise BundleInvalid(f"{label}: {exc}") from None
-    if detector.class_means.shape[0] != network.spec["num_classes"]:
-        raise BundleInvalid(f"{label}: the detector's class means do not match num_classes")
-    return detector
-
-
-def _penultimate_size(network: Network) -> int:
-    """Units feeding the last affine layer (the detector's feature size)."""
-    last = network.layers[-1][1]
-    return int(last.W.shape[0])
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:

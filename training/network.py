@@ -363,16 +363,17 @@ class Network:
         """x: (N, C, H, W) normalised input -> class probabilities (N, num_classes)."""
         return self.loss_layer.probabilities(self.forward(x, train=False))
 
-    def features_and_logits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inference that also hands back the penultimate features: x (N, C, H, W) normalised
-        input -> (features (N, D), the input of the last affine layer flattened; logits (N,
-        output units)). The same steps as ``forward``; the last one (always the logits'
-        affine layer) is run on the features kept."""
+    def forward_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Inference keeping what every step computes: x (N, C, H, W) normalised input -> the
+        output of each step in order (conv blocks (N, C, H, W), dense (N, units), ...), the
+        last being the logits (N, output units). The same steps as ``forward``; what the
+        out-of-distribution detector reads its features from."""
         x = np.asarray(x, dtype=self.dtype)
-        for step in self.steps[:-1]:
+        outputs = []
+        for step in self.steps:
             x = step.forward(x, train=False)
-        features = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on an empty batch
-        return features, self.steps[-1].forward(x, train=False)
+            outputs.append(x)
+        return outputs
 
     def loss(self, x: np.ndarray, labels: np.ndarray, train: bool = True) -> float:
         """Forward pass and mean loss; with train=True it prepares ``backward()``."""

@@ -1,36 +1,43 @@
 """ "Not a digit": an out-of-distribution detector fitted with the model, travelling in its bundle.
 
-The chosen method is the Mahalanobis detector of Lee et al. (NeurIPS 2018) on the penultimate
-features (the input of the last affine layer; 100 ReLU units for simpleconvnet): one Gaussian
-per class with a shared covariance, fitted on training images; an image's distance is its
-Mahalanobis distance to the nearest class mean. Digits sit close to one of the ten clusters;
-letters, shapes, noise and blank pages land between or far from them, even when the softmax
-on top is sure of a class. docs/TRAINING.md has the measurements against the two cheap
-alternatives computed from the logits alone (``energy_score``, ``max_softmax_score``).
+The method is Mahalanobis (Lee et al., NeurIPS 2018): one Gaussian per class with a shared
+covariance on features the network computes, and an image's distance to the nearest class
+mean. Two views of the same forward pass are modelled (docs/TRAINING.md has the measurements
+that chose them):
 
-The threshold is the distance under which ``tpr`` (e.g. 95 %) of the validation digits fall.
-What a prediction carries is ``ood_score = distance / threshold``: model-independent units
+* ``channel_stats``: the mean and standard deviation over the image of each channel of the
+  first convolution block's output (60 numbers for simpleconvnet). These see *how* the image
+  is drawn: stroke width and contrast, noise, texture, empty pages.
+* ``logits``: the network's logits (10 numbers). They see *what* it looks like to the
+  classifier: a letter lands between the digit clusters even when the softmax is sure.
+
+A network without a convolution block (the mlp) uses its penultimate features
+(``penultimate``) in place of ``channel_stats``. Each view's distance is divided by its own
+``tpr``-quantile on the validation digits, the larger of the two is taken, and the threshold
+is that maximum's ``tpr``-quantile on the validation digits (e.g. 95 %). What a prediction
+carries is ``ood_score = max_v(distance_v / scale_v) / threshold``: model-independent units
 (1.0 is the threshold of whatever version answers, so one set of histogram buckets fits every
 version), and ``not_a_digit = ood_score > 1``.
 
-Stored as two float32 arrays in the bundle (no pickle): ``ood.class_means`` (K, D), the class
-means already whitened, and ``ood.whitening`` (D, D), W with W W^T = the shared precision, so a
-distance is ``|| f W - m_k ||`` (one (N, D) x (D, D) product and one (N, D) x (D, K)).
+Stored as float32 arrays in the bundle (no pickle), two per view: ``ood.<view>.class_means``
+(K, D), the class means already whitened, and ``ood.<view>.whitening`` (D, D), W with W W^T
+= the shared precision, so a distance is ``|| f W - m_k ||``; the views, scales and threshold
+are in the metadata record ``ood``.
 
 Importable by the service: numpy and scipy only.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import logsumexp, softmax
 
 ARRAY_PREFIX = "ood."
-CLASS_MEANS = ARRAY_PREFIX + "class_means"
-WHITENING = ARRAY_PREFIX + "whitening"
 METHOD = "mahalanobis"
+VIEWS = ("channel_stats", "penultimate", "logits")
 DEFAULT_TPR = 0.95
 # Shrinkage of the shared covariance towards a multiple of the identity: ReLU features have
 # dead units (zero variance) and a tiny fitting set has fewer images than dimensions.
@@ -46,19 +53,48 @@ class DetectorInvalid(ValueError):
     """Detector arrays or record that do not fit together (the bundle loader names the file)."""
 
 
+def default_views(outputs: list[np.ndarray]) -> tuple[str, str]:
+    """The views for a network whose forward outputs are ``outputs``: channel statistics of
+    its first convolution block and the logits; the penultimate features and the logits when
+    it has no 4-D output."""
+    has_conv = any(output.ndim == 4 for output in outputs[:-1])
+    return ("channel_stats" if has_conv else "penultimate", "logits")
+
+
+def views_of(outputs: list[np.ndarray], views: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The detector's input: ``outputs`` from ``Network.forward_outputs`` -> {view: (N, D)}."""
+    return {view: view_features(outputs, view) for view in views}
+
+
+def view_features(outputs: list[np.ndarray], view: str) -> np.ndarray:
+    """One view of a forward pass: ``outputs`` from ``Network.forward_outputs`` -> (N, D)."""
+    if view == "logits":
+        return np.asarray(outputs[-1], dtype=np.float32)
+    if view == "penultimate":
+        last = outputs[-2] if len(outputs) > 1 else outputs[-1]
+        return np.asarray(last, dtype=np.float32).reshape(last.shape[0], math.prod(last.shape[1:]))
+    if view == "channel_stats":
+        block = next((o for o in outputs[:-1] if o.ndim == 4), None)
+        if block is None:
+            raise DetectorInvalid("view 'channel_stats' needs a network with a conv block")
+        return np.concatenate([block.mean(axis=(2, 3)), block.std(axis=(2, 3))], axis=1).astype(
+            np.float32
+        )
+    raise DetectorInvalid(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+
+
 @dataclass(frozen=True)
-class MahalanobisDetector:
-    """class_means (K, D) whitened, whitening (D, D), threshold: the raw distance at the chosen
-    true-positive rate (``fit`` leaves it at 1.0 until ``with_threshold``)."""
+class ClassGaussians:
+    """Class-conditional Gaussians with a shared covariance on one view: class_means (K, D)
+    whitened, whitening (D, D)."""
 
     class_means: np.ndarray
     whitening: np.ndarray
-    threshold: float = 1.0
 
     @classmethod
-    def fit(cls, features: np.ndarray, targets: np.ndarray, num_classes: int):
-        """Features (N, D) of in-distribution images and their class indices (N,) -> the
-        detector (threshold 1.0). A class without images gets the overall mean."""
+    def fit(cls, features: np.ndarray, targets: np.ndarray, num_classes: int) -> ClassGaussians:
+        """Features (N, D) of in-distribution images and their class indices (N,). A class
+        without images gets the overall mean."""
         features = np.asarray(features, dtype=np.float64)
         targets = np.asarray(targets, dtype=np.intp)
         if features.ndim != 2 or len(features) != len(targets) or len(features) < 2:
@@ -74,10 +110,7 @@ class MahalanobisDetector:
         covariance = (1 - SHRINKAGE) * covariance + SHRINKAGE * scale * np.eye(dimensions)
         eigenvalues, eigenvectors = np.linalg.eigh(covariance)
         whitening = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-12 * scale))
-        return cls(
-            class_means=(means @ whitening).astype(np.float32),
-            whitening=whitening.astype(np.float32),
-        )
+        return cls((means @ whitening).astype(np.float32), whitening.astype(np.float32))
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Features (N, D) -> Mahalanobis distance to the nearest class mean (N,) float64."""
@@ -89,48 +122,138 @@ class MahalanobisDetector:
         )
         return np.sqrt(np.maximum(squared.min(axis=1), 0.0)).astype(np.float64)
 
-    def scores(self, features: np.ndarray) -> np.ndarray:
-        """Features (N, D) -> ood_score (N,): distance / threshold; > 1 means not a digit."""
-        return self.distances(features) / self.threshold
 
-    def with_threshold(self, in_distribution: np.ndarray, tpr: float = DEFAULT_TPR):
-        """A copy whose threshold keeps ``tpr`` of the in-distribution features (N, D) (the
-        validation digits) at or under it."""
-        if not 0 < tpr < 1:
-            raise ValueError(f"tpr must be in (0, 1), got {tpr!r}")
-        threshold = float(np.quantile(self.distances(in_distribution), tpr))
-        return MahalanobisDetector(self.class_means, self.whitening, max(threshold, 1e-6))
+@dataclass(frozen=True)
+class OodDetector:
+    """views (names from VIEWS), their ``gaussians``, ``scales`` (each view's distance at the
+    TPR on validation digits) and ``threshold`` (the combined score's): ``fit`` leaves scales
+    and threshold at 1 until ``with_threshold``."""
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The bundle members: ``ood.class_means`` and ``ood.whitening`` (float32)."""
-        return {CLASS_MEANS: self.class_means, WHITENING: self.whitening}
+    views: tuple[str, ...]
+    gaussians: tuple[ClassGaussians, ...]
+    scales: tuple[float, ...]
+    threshold: float = 1.0
 
     @classmethod
-    def from_bundle(cls, arrays: dict[str, np.ndarray], record: object, features: int):
-        """Rebuild from the bundle's ``ood.*`` arrays and its metadata ``ood`` record, for a
-        network whose penultimate layer has ``features`` units and K classes. Raises
+    def fit(
+        cls, features: dict[str, np.ndarray], targets: np.ndarray, num_classes: int
+    ) -> OodDetector:
+        """``features`` ({view: (N, D)}, from ``views_of``) of in-distribution images and their
+        class indices (N,) -> the detector on those views."""
+        views = tuple(features)
+        gaussians = tuple(ClassGaussians.fit(features[v], targets, num_classes) for v in views)
+        return cls(views, gaussians, (1.0,) * len(views))
+
+    def combined(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """{view: (N, D)} -> (N,) the largest of the views' distances, each over its scale."""
+        distances = [
+            g.distances(features[v]) / s
+            for v, g, s in zip(self.views, self.gaussians, self.scales, strict=True)
+        ]
+        return np.max(distances, axis=0)
+
+    def scores(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """{view: (N, D)} (``views_of(outputs, detector.views)``) -> ood_score (N,); > 1 means
+        not a digit."""
+        return self.combined(features) / self.threshold
+
+    def with_threshold(
+        self, features: dict[str, np.ndarray], tpr: float = DEFAULT_TPR
+    ) -> OodDetector:
+        """A copy whose scales and threshold keep ``tpr`` of the in-distribution images
+        (``features`` of the validation digits) at or under them."""
+        if not 0 < tpr < 1:
+            raise ValueError(f"tpr must be in (0, 1), got {tpr!r}")
+        scales = tuple(
+            max(float(np.quantile(g.distances(features[v]), tpr)), 1e-6)
+            for v, g in zip(self.views, self.gaussians, strict=True)
+        )
+        scaled = OodDetector(self.views, self.gaussians, scales)
+        threshold = max(float(np.quantile(scaled.combined(features), tpr)), 1e-6)
+        return OodDetector(self.views, self.gaussians, scales, threshold)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The bundle members: ``ood.<view>.class_means`` and ``ood.<view>.whitening``."""
+        arrays = {}
+        for view, gaussians in zip(self.views, self.gaussians, strict=True):
+            arrays[f"{ARRAY_PREFIX}{view}.class_means"] = gaussians.class_means
+            arrays[f"{ARRAY_PREFIX}{view}.whitening"] = gaussians.whitening
+        return arrays
+
+    def record(self) -> dict:
+        """What the metadata ``ood`` record needs to rebuild the detector with ``arrays``."""
+        return {
+            "method": METHOD,
+            "views": [
+                {"name": v, "features": int(g.whitening.shape[0]), "scale": s}
+                for v, g, s in zip(self.views, self.gaussians, self.scales, strict=True)
+            ],
+            "threshold": self.threshold,
+        }
+
+    @classmethod
+    def from_bundle(
+        cls, arrays: dict[str, np.ndarray], record: object, outputs: list[np.ndarray]
+    ) -> OodDetector:
+        """Rebuild from the bundle's ``ood.*`` arrays and its metadata ``ood`` record, checked
+        against ``outputs`` of one forward pass of the bundle's network. Raises
         DetectorInvalid naming the problem."""
         if not isinstance(record, dict) or record.get("method") != METHOD:
             raise DetectorInvalid(f"metadata 'ood' must be an object with method {METHOD!r}")
-        threshold = record.get("threshold")
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            raise DetectorInvalid("metadata 'ood.threshold' must be a number")
-        if not (np.isfinite(threshold) and threshold > 0):
-            raise DetectorInvalid("metadata 'ood.threshold' must be finite and positive")
-        if set(arrays) != {CLASS_MEANS, WHITENING}:
-            raise DetectorInvalid(f"detector arrays must be exactly {CLASS_MEANS}, {WHITENING}")
-        means, whitening = arrays[CLASS_MEANS], arrays[WHITENING]
-        for key, value in arrays.items():
-            if value.dtype not in (np.float32, np.float64) or not np.all(np.isfinite(value)):
-                raise DetectorInvalid(f"{key!r} must hold finite floats")
-        if whitening.shape != (features, features) or means.ndim != 2:
-            raise DetectorInvalid(
-                f"{WHITENING!r} has shape {whitening.shape}, the network's penultimate layer "
-                f"has {features} features"
+        threshold = _positive_number(record.get("threshold"), "ood.threshold")
+        entries = record.get("views")
+        if not isinstance(entries, list) or not entries:
+            raise DetectorInvalid("metadata 'ood.views' must be a non-empty list")
+        views, gaussians, scales, expected = [], [], [], set()
+        for entry in entries:
+            view = entry.get("name") if isinstance(entry, dict) else None
+            if view not in VIEWS:
+                raise DetectorInvalid(f"metadata 'ood.views' names an unknown view {view!r}")
+            scales.append(_positive_number(entry.get("scale"), f"ood.views {view} scale"))
+            means_key, whitening_key = (
+                f"{ARRAY_PREFIX}{view}.class_means",
+                f"{ARRAY_PREFIX}{view}.whitening",
             )
-        if means.shape[1] != features:
-            raise DetectorInvalid(f"{CLASS_MEANS!r} has shape {means.shape}")
-        return cls(means.astype(np.float32), whitening.astype(np.float32), float(threshold))
+            expected |= {means_key, whitening_key}
+            if means_key not in arrays or whitening_key not in arrays:
+                raise DetectorInvalid(f"detector arrays must be exactly {sorted(expected)}")
+            features = view_features(outputs, view).shape[1]
+            gaussians.append(
+                _checked_gaussians(arrays, means_key, whitening_key, features, outputs)
+            )
+            views.append(view)
+        if set(arrays) != expected:
+            raise DetectorInvalid(f"detector arrays must be exactly {sorted(expected)}")
+        return cls(tuple(views), tuple(gaussians), tuple(scales), threshold)
+
+
+def _positive_number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DetectorInvalid(f"metadata '{what}' must be a number")
+    if not (np.isfinite(value) and value > 0):
+        raise DetectorInvalid(f"metadata '{what}' must be finite and positive")
+    return float(value)
+
+
+def _checked_gaussians(
+    arrays: dict, means_key: str, whitening_key: str, features: int, outputs: list
+) -> ClassGaussians:
+    """One view's arrays, checked: finite floats, whitening (D, D) and class means (K, D)
+    with D the view's width and K the network's classes."""
+    means, whitening = arrays[means_key], arrays[whitening_key]
+    for key, value in ((means_key, means), (whitening_key, whitening)):
+        if value.dtype not in (np.float32, np.float64) or not np.all(np.isfinite(value)):
+            raise DetectorInvalid(f"{key!r} must hold finite floats")
+    if whitening.shape != (features, features):
+        raise DetectorInvalid(
+            f"{whitening_key!r} has shape {whitening.shape}, the network gives {features} features"
+        )
+    classes = max(outputs[-1].shape[1], 2)
+    if means.shape != (classes, features):
+        raise DetectorInvalid(
+            f"{means_key!r} has shape {means.shape}, expected {(classes, features)}"
+        )
+    return ClassGaussians(means.astype(np.float32), whitening.astype(np.float32))
 
 
 # --------------------------------------------------------------------------- alternatives

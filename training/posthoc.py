@@ -29,11 +29,12 @@ from training.nondigits import nondigit_set
 from training.ood import (
     CONFIDENCE_BOUNDS,
     DEFAULT_TPR,
-    METHOD,
     OOD_SCORE_BOUNDS,
-    MahalanobisDetector,
+    OodDetector,
     auroc,
+    default_views,
     histogram,
+    views_of,
 )
 from training.trainer import class_indices
 
@@ -53,20 +54,17 @@ class Posthoc:
     arrays: dict
 
 
-def features_and_logits(
+def view_features(
     network: Network, images: np.ndarray, contract: dict, batch_size: int = 1000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) 0-255 -> (features (N, D), logits (N, units)) in batches."""
-    features, logits = [], []
-    for start in range(0, len(images), batch_size):
+) -> dict[str, np.ndarray]:
+    """Images (N, 28, 28) 0-255 -> {view: (N, D)} for the detector's ``default_views`` of
+    this network, in batches (a batch's forward outputs are dropped once reduced)."""
+    batches = []
+    for start in range(0, max(len(images), 1), batch_size):
         x = normalise(images[start : start + batch_size], contract, network.dtype.type)
-        f, z = network.features_and_logits(x)
-        features.append(f.astype(np.float32))
-        logits.append(z.astype(np.float64))
-    units = network.steps[-1].W.shape
-    if not features:
-        return np.zeros((0, units[0]), np.float32), np.zeros((0, units[1]))
-    return np.concatenate(features), np.concatenate(logits)
+        outputs = network.forward_outputs(x)
+        batches.append(views_of(outputs, default_views(outputs)))
+    return {view: np.concatenate([batch[view] for batch in batches]) for view in batches[0]}
 
 
 def fit_posthoc(
@@ -87,21 +85,22 @@ def fit_posthoc(
     num_classes = len(class_labels)
     train = splits.train
     pick = rng.permutation(len(train))[:DETECTOR_IMAGES]
-    train_features, _ = features_and_logits(network, train.images[pick], contract)
+    train_views = view_features(network, train.images[pick], contract)
     train_targets = class_indices(train.labels[pick], class_labels)
-    detector = MahalanobisDetector.fit(train_features, train_targets, num_classes)
+    detector = OodDetector.fit(train_views, train_targets, num_classes)
     has_val = len(splits.val) > 0
     held_out = splits.val if has_val else train
-    val_features, val_logits = features_and_logits(network, held_out.images, contract)
+    val_views = view_features(network, held_out.images, contract)
+    val_logits = val_views["logits"].astype(np.float64)
     val_targets = class_indices(held_out.labels, class_labels)
-    detector = detector.with_threshold(val_features if has_val else train_features, tpr)
+    detector = detector.with_threshold(val_views if has_val else train_views, tpr)
     temperature = fit_temperature(val_logits, val_targets) if has_val else None
-    test_features, test_logits = features_and_logits(network, splits.test.images, contract)
+    test_views = view_features(network, splits.test.images, contract)
     test_targets = class_indices(splits.test.labels, class_labels)
     calibration, metrics = _calibration_figures(
-        val_logits, val_targets, test_logits, test_targets, temperature
+        val_logits, val_targets, test_views["logits"].astype(np.float64), test_targets, temperature
     )
-    ood, ood_metrics = _ood_figures(network, contract, detector, test_features, tpr)
+    ood, ood_metrics = _ood_figures(network, contract, detector, test_views, tpr)
     ood["fitted_on"] = f"training split ({len(pick)} images)"
     ood["threshold_on"] = "validation split" if has_val else "training split (no validation)"
     metrics.update(ood_metrics)
@@ -109,7 +108,7 @@ def fit_posthoc(
     distributions = {
         "split": ood["threshold_on"],
         "confidence": histogram(val_probabilities.max(axis=1), CONFIDENCE_BOUNDS),
-        "ood_score": histogram(detector.scores(val_features), OOD_SCORE_BOUNDS),
+        "ood_score": histogram(detector.scores(val_views), OOD_SCORE_BOUNDS),
     }
     metadata = {"calibration": calibration, "ood": ood, "distributions": distributions}
     if progress:
@@ -151,15 +150,14 @@ def _calibration_figures(
 
 
 def _ood_figures(
-    network: Network, contract: dict, detector: MahalanobisDetector, test_features, tpr: float
+    network: Network, contract: dict, detector: OodDetector, test_views, tpr: float
 ) -> tuple[dict, dict]:
     """(metadata "ood" record, metrics): test digits flagged, AUROC and share flagged of the
     built-in non-digits (``training.nondigits.nondigit_set``), overall and per kind."""
-    test_scores = detector.scores(test_features)
+    test_scores = detector.scores(test_views)
     by_kind, outside = {}, []
     for kind, images in nondigit_set().items():
-        features, _ = features_and_logits(network, images, contract)
-        scores = detector.scores(features)
+        scores = detector.scores(view_features(network, images, contract))
         outside.append(scores)
         by_kind[kind] = {
             "images": len(images),
@@ -168,11 +166,10 @@ def _ood_figures(
         }
     overall = auroc(test_scores, np.concatenate(outside))
     record = {
-        "method": METHOD,
-        "features": int(detector.whitening.shape[0]),
-        "threshold": detector.threshold,
+        **detector.record(),
         "tpr": tpr,
-        "score": "Mahalanobis distance to the nearest class mean / threshold; > 1 is not a digit",
+        "score": "max over views of (Mahalanobis distance to the nearest class mean / the "
+        "view's scale), over the threshold; > 1 is not a digit",
         "nondigits": by_kind,
     }
     metrics = {

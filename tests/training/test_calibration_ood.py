@@ -20,12 +20,18 @@ from training.calibration import (
 )
 from training.data import load_mnist
 from training.nondigits import KINDS, fonts, glyph, in_mnist_field, nondigit_set
-from training.ood import SHRINKAGE, MahalanobisDetector, auroc, histogram
+from training.ood import SHRINKAGE, ClassGaussians, OodDetector, auroc, histogram
 from training.recipe import publish_trained, save_trained_bundle, train_and_evaluate
 from training.store import ModelStore
 from training.trainer import TrainConfig
 
 CONFIG = TrainConfig(epochs=5, batch_size=20, shift=0)
+# The mlp has no convolution block: its detector reads the penultimate features and logits.
+DETECTOR_ARRAYS = [
+    f"ood.{view}.{array}"
+    for view in ("penultimate", "logits")
+    for array in ("class_means", "whitening")
+]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +107,7 @@ def test_detector_distances_are_mahalanobis_distances_to_the_nearest_mean():
     features = rng.normal(0, 1, (3000, 4)) * [1, 2, 3, 4]
     targets = rng.integers(0, 2, 3000)
     features[targets == 1] += 10
-    detector = MahalanobisDetector.fit(features, targets, 2)
+    gaussians = ClassGaussians.fit(features, targets, 2)
     means = np.stack([features[targets == k].mean(axis=0) for k in (0, 1)])
     centred = features - means[targets]
     covariance = centred.T @ centred / len(features)
@@ -112,9 +118,24 @@ def test_detector_distances_are_mahalanobis_distances_to_the_nearest_mean():
     expected = np.sqrt(
         np.min([np.einsum("nd,de,ne->n", probe - m, precision, probe - m) for m in means], 0)
     )
-    np.testing.assert_allclose(detector.distances(probe), expected, rtol=1e-4)
-    at_95 = detector.with_threshold(features, 0.95)
-    assert np.mean(at_95.scores(features) > 1) == pytest.approx(0.05, abs=0.002)
+    np.testing.assert_allclose(gaussians.distances(probe), expected, rtol=1e-4)
+
+
+def test_views_are_combined_and_thresholded_at_the_true_positive_rate():
+    rng = np.random.default_rng(4)
+    targets = rng.integers(0, 3, 4000)
+    views = {
+        "channel_stats": rng.normal(0, 1, (4000, 6)) + targets[:, None],
+        "logits": rng.normal(0, 2, (4000, 3)) + 5 * np.eye(3)[targets],
+    }
+    detector = OodDetector.fit(views, targets, 3).with_threshold(views, 0.95)
+    assert detector.views == ("channel_stats", "logits")
+    assert np.mean(detector.scores(views) > 1) == pytest.approx(0.05, abs=0.002)
+    for view, scale in zip(detector.views, detector.scales, strict=True):
+        alone = detector.gaussians[detector.views.index(view)].distances(views[view])
+        assert np.mean(alone > scale) == pytest.approx(0.05, abs=0.002)
+    far = {view: values + 50 for view, values in views.items()}
+    assert (detector.scores(far) > 1).all()
 
 
 def test_recipe_detector_flags_far_inputs_and_passes_the_digits(trained, tiny_test_digits):
@@ -145,20 +166,22 @@ def test_recipe_records_calibration_detector_and_distributions(trained):
     assert metrics["test_ece"] == metadata["calibration"]["test_ece_after"]
     ood = metadata["ood"]
     assert ood["method"] == "mahalanobis" and ood["tpr"] == 0.95 and ood["threshold"] > 0
+    assert [view["name"] for view in ood["views"]] == ["penultimate", "logits"]  # an mlp
     assert set(ood["nondigits"]) == set(KINDS)
     assert 0 <= metrics["ood_auroc"] <= 1
     for name in ("confidence", "ood_score"):
         assert metadata["distributions"][name]["total"] == 100  # the validation split
-    assert set(trained.arrays) == {"ood.class_means", "ood.whitening"}
+    assert set(trained.arrays) == set(DETECTOR_ARRAYS)
 
 
 # --------------------------------------------------------------------------- bundles
 def test_calibration_and_detector_round_trip_without_pickle(trained, tmp_path):
     path = save_trained_bundle(trained, tmp_path / "model.npz")
     with zipfile.ZipFile(path) as archive:
-        assert {"ood.class_means.npy", "ood.whitening.npy"} <= set(archive.namelist())
+        assert {f"{name}.npy" for name in DETECTOR_ARRAYS} <= set(archive.namelist())
     with np.load(path, allow_pickle=False) as npz:
-        np.testing.assert_array_equal(npz["ood.whitening"], trained.arrays["ood.whitening"])
+        for name in DETECTOR_ARRAYS:
+            np.testing.assert_array_equal(npz[name], trained.arrays[name])
     bundle = load_bundle(path)
     assert bundle.temperature == trained.metadata["calibration"]["temperature"]
     assert bundle.detector.threshold == trained.metadata["ood"]["threshold"]
@@ -222,13 +245,16 @@ def rewrite(path, metadata_change=None, drop=(), replace=None):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"drop": ["ood.whitening", "ood.class_means"]}, "needs both"),
+        ({"drop": DETECTOR_ARRAYS}, "needs both"),
         ({"metadata_change": lambda m: m.pop("ood")}, "needs both"),
-        ({"drop": ["ood.whitening"]}, "exactly"),
-        ({"replace": {"ood.whitening": np.eye(3, dtype=np.float32)}}, "penultimate"),
+        ({"drop": ["ood.logits.whitening"]}, "exactly"),
+        ({"replace": {"ood.logits.whitening": np.eye(3, dtype=np.float32)}}, "gives 10 features"),
         ({"replace": {"ood.extra": np.eye(3, dtype=np.float32)}}, "exactly"),
-        ({"replace": {"ood.class_means": np.full((10, 100), np.nan, np.float32)}}, "finite"),
+        ({"replace": {"ood.logits.class_means": np.full((10, 10), np.nan, np.float32)}}, "finite"),
+        ({"replace": {"ood.logits.class_means": np.zeros((9, 10), np.float32)}}, "(10, 10)"),
         ({"metadata_change": lambda m: m["ood"].update(threshold=-1)}, "positive"),
+        ({"metadata_change": lambda m: m["ood"]["views"][0].update(name="x")}, "unknown view"),
+        ({"metadata_change": lambda m: m["ood"]["views"][1].update(scale=0)}, "positive"),
         ({"metadata_change": lambda m: m["calibration"].update(temperature=0)}, "positive"),
         ({"metadata_change": lambda m: m["calibration"].update(temperature="2")}, "a number"),
     ],
@@ -261,3 +287,26 @@ def test_nondigit_set_holds_every_kind_in_mnist_terms():
     drawn = sets["letters"][0]
     rows, columns = np.nonzero(drawn)
     assert max(np.ptp(rows), np.ptp(columns)) + 1 <= 20  # MNIST's 20x20 box
+
+
+def test_a_conv_network_detector_reads_channel_statistics_and_round_trips(tmp_path):
+    from tests.support.mnist import synthetic_digits
+    from training.bundle import build_metadata, input_contract
+    from training.network import Network, preset
+    from training.posthoc import view_features
+
+    network = Network(preset("tinyconv"), rng=np.random.default_rng(0))
+    contract = input_contract(0.1307, 0.3081)
+    images, labels = synthetic_digits(300)
+    views = view_features(network, images, contract)
+    assert set(views) == {"channel_stats", "logits"} and views["channel_stats"].shape == (300, 2)
+    detector = OodDetector.fit(views, labels, 10).with_threshold(views)
+    metadata = build_metadata(network, contract=contract, class_labels=list(range(10)))
+    metadata["ood"] = {**detector.record(), "tpr": 0.95}
+    bundle = load_bundle(save_bundle(tmp_path / "conv.npz", network, metadata, detector.arrays()))
+    noise = np.random.default_rng(1).uniform(0, 255, (5, 28, 28))
+    np.testing.assert_allclose(
+        bundle.predict(noise).ood_score,
+        detector.scores(view_features(network, noise, contract)),
+        rtol=1e-6,
+    )
