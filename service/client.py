@@ -5,6 +5,13 @@
     client.predict_files(["seven.png", "batch.npy"])     # image files and .npy files
     client.predict_pixels(pixels)                         # (28, 28) or (N, 28, 28), 0-255
     client.ready()                                        # True once a model is served
+    for prediction in answer["predictions"]:
+        print(describe_prediction(prediction))   # "label 7 (0.9800)" or "not a digit (...)"
+
+Each prediction carries ``label``, ``confidence`` (calibrated when the version has a
+temperature), ``probabilities``, and whether the image looks like a digit at all:
+``not_a_digit`` (bool) and ``ood_score`` (> 1: not a digit), both None when the answering
+version has no detector (unavailable, not "a digit").
 
 Every problem (the service is not running, a timeout, an error answer, an unreadable file)
 raises ``ClientError`` with the HTTP status (if any), the service's error code and its message.
@@ -94,7 +101,7 @@ class Client:
         """Pixels as JSON: ``array`` (28, 28), (784,), (N, 28, 28) or (N, 784), values 0-255,
         MNIST convention (0 background, 255 ink). -> the service's answer:
         ``{"model": {"name", "version"}, "predictions": [{"label", "confidence",
-        "probabilities"}, ...]}``."""
+        "probabilities", "not_a_digit", "ood_score"}, ...]}``."""
         pixels = np.ascontiguousarray(array)
         if pixels.dtype.kind not in "iuf":
             raise ValueError(f"pixels must be integers or floats, got dtype {pixels.dtype}")
@@ -216,6 +223,18 @@ class Client:
         if not isinstance(answer, dict):
             raise ClientError(f"{url} answered with JSON that is not an object", url=url)
         return answer
+
+
+def describe_prediction(prediction: dict) -> str:
+    """One prediction in words: ``label 7 (0.9800)``; when the service flagged the image,
+    ``not a digit (ood 3.20) - best guess 7 (0.4100)``, so nobody mistakes the guess for an
+    answer. A version without a detector (``not_a_digit`` None or absent) reads as a label."""
+    guess = f"{prediction['label']} ({prediction['confidence']:.4f})"
+    if prediction.get("not_a_digit") is True:
+        score = prediction.get("ood_score")
+        ood = f" (ood {score:.2f})" if isinstance(score, int | float) else ""
+        return f"not a digit{ood} - best guess {guess}"
+    return f"label {guess}"
 
 
 def _check_pin(version: int | None, alias: str | None) -> None:

@@ -3,10 +3,12 @@
     convserve predict seven.png photo.jpg batch.npy
     convserve predict digit.png --url http://models.internal:8000 --alias staging --json
 
-Prints ``FILE  label  confidence`` per image (``FILE[i]`` for the images of a ``.npy`` batch),
-or with ``--json`` the service's answer. The service URL is ``--url``, else ``$CONVSERVE_URL``,
-else http://127.0.0.1:8000. An unreadable file or an error answer ends with
-``convserve: error: ...`` and exit code 2 (``ClientError`` is a ``ConvserveError``).
+Prints ``FILE  label 7 (0.9800)`` per image (``FILE[i]`` for the images of a ``.npy`` batch),
+or ``FILE  not a digit (ood 3.20) - best guess 7 (0.4100)`` when the service's detector
+flagged it; with ``--json`` the service's answer, every field kept (``not_a_digit``,
+``ood_score``: null when the version has no detector). The service URL is ``--url``, else
+``$CONVSERVE_URL``, else http://127.0.0.1:8000. An unreadable file or an error answer ends
+with ``convserve: error: ...`` and exit code 2 (``ClientError`` is a ``ConvserveError``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import json
 import os
 
-from service.client import DEFAULT_URL, Client
+from service.client import DEFAULT_URL, Client, describe_prediction
 
 URL_VARIABLE = "CONVSERVE_URL"
 
@@ -73,9 +75,8 @@ def run_predict(args: argparse.Namespace) -> int:
         name = prediction["file"]
         if "index" in prediction:
             name = f"{name}[{prediction['index']}]"
-        rows.append((name, str(prediction["label"]), f"{prediction['confidence']:.4f}"))
-    name_width = max(len(name) for name, _, _ in rows)
-    label_width = max(len(label) for _, label, _ in rows)
-    for name, label, confidence in rows:
-        print(f"{name:<{name_width}}  {label:>{label_width}}  {confidence}")
+        rows.append((name, describe_prediction(prediction)))
+    name_width = max(len(name) for name, _ in rows)
+    for name, verdict in rows:
+        print(f"{name:<{name_width}}  {verdict}")
     return 0

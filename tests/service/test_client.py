@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 
 from convserve.cli import main
 from service import client as client_module
-from service.client import Client, ClientError
+from service.client import Client, ClientError, describe_prediction
 from tests.support.http_io import png_bytes
 from tests.support.mnist import synthetic_digit
 from tests.support.servers import free_port
@@ -31,10 +31,23 @@ def label_from_name(filename: str) -> int:
     return int(match.group()) if match else 0
 
 
-def prediction(label: int) -> dict:
+def prediction(label: int, filename: str = "") -> dict:
+    """A confident answer; a file named "letter..." is flagged not a digit, one named
+    "old..." comes from a version without a detector (null flag and score)."""
     probabilities = [0.01] * 10
     probabilities[label] = 0.91
-    return {"label": label, "confidence": 0.91, "probabilities": probabilities}
+    flagged, score = False, 0.42
+    if filename.startswith("letter"):
+        flagged, score = True, 3.2
+    elif filename.startswith("old"):
+        flagged = score = None
+    return {
+        "label": label,
+        "confidence": 0.91,
+        "probabilities": probabilities,
+        "not_a_digit": flagged,
+        "ood_score": score,
+    }
 
 
 def error(status: int, code: str, message: str):
@@ -76,6 +89,14 @@ def make_stub_app(received: list, state: dict) -> Flask:
             if any("bad" in name for name in names):
                 return error(400, "invalid_input", "cannot decode the image: not a PNG")
             labels = [label_from_name(name) for name in names]
+            return jsonify(
+                {
+                    "model": {"name": "mnist", "version": version},
+                    "predictions": [
+                        prediction(label, name) for label, name in zip(labels, names, strict=True)
+                    ],
+                }
+            )
         elif request.mimetype == "application/x-npy":
             pixels = np.load(io.BytesIO(request.get_data()), allow_pickle=False)
             record["array"] = pixels
@@ -333,11 +354,40 @@ def test_cli_prints_file_label_confidence(stub, tmp_path, capsys):
     npy = write_npy(tmp_path / "b.npy", batch)
     assert main(["predict", str(three), str(npy), "--url", stub.url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split() for line in lines] == [
-        [str(three), "3", "0.9100"],
-        [f"{npy}[0]", "0", "0.9100"],
-        [f"{npy}[1]", "8", "0.9100"],
+    assert [line.split(maxsplit=1) for line in lines] == [
+        [str(three), "label 3 (0.9100)"],
+        [f"{npy}[0]", "label 0 (0.9100)"],
+        [f"{npy}[1]", "label 8 (0.9100)"],
     ]
+
+
+def test_cli_says_not_a_digit_instead_of_a_label(stub, tmp_path, capsys):
+    letter = write_png(tmp_path / "letter7.png")
+    old = write_png(tmp_path / "old5.png")
+    assert main(["predict", str(letter), str(old), "--url", stub.url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(maxsplit=1) for line in lines] == [
+        [str(letter), "not a digit (ood 3.20) - best guess 7 (0.9100)"],
+        [str(old), "label 5 (0.9100)"],  # no detector: a label, nothing made up
+    ]
+    assert main(["predict", str(letter), str(old), "--url", stub.url, "--json"]) == 0
+    flagged, unavailable = json.loads(capsys.readouterr().out)["predictions"]
+    assert (flagged["not_a_digit"], flagged["ood_score"]) == (True, 3.2)
+    assert (unavailable["not_a_digit"], unavailable["ood_score"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"not_a_digit": False, "ood_score": 0.4}, "label 7 (0.4100)"),
+        ({"not_a_digit": None, "ood_score": None}, "label 7 (0.4100)"),
+        ({}, "label 7 (0.4100)"),  # a service from before the detector
+        ({"not_a_digit": True, "ood_score": 3.2}, "not a digit (ood 3.20) - best guess 7 (0.4100)"),
+        ({"not_a_digit": True}, "not a digit - best guess 7 (0.4100)"),
+    ],
+)
+def test_describe_prediction_shows_the_flag(fields, expected):
+    assert describe_prediction({"label": 7, "confidence": 0.41, **fields}) == expected
 
 
 def test_cli_json_prints_the_answer(stub, tmp_path, capsys):
@@ -353,7 +403,7 @@ def test_cli_json_prints_the_answer(stub, tmp_path, capsys):
 def test_cli_takes_the_url_from_the_environment(stub, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CONVSERVE_URL", stub.url)
     assert main(["predict", str(write_png(tmp_path / "two2.png")), "--alias", "staging"]) == 0
-    assert capsys.readouterr().out.split()[1] == "2"
+    assert capsys.readouterr().out.split()[1:3] == ["label", "2"]
     assert stub.received[0]["args"] == {"alias": "staging"}
 
 
@@ -423,6 +473,7 @@ def test_against_the_real_service(real_service, tmp_path, mnist_images, capsys):
     assert [p["file"] for p in answer["predictions"]] == [str(png), str(npy), str(npy)]
     for p in answer["predictions"]:
         assert p["label"] in range(10)
+        assert p["not_a_digit"] is None and p["ood_score"] is None  # no detector in these
         assert len(p["probabilities"]) == 10
         assert p["confidence"] == pytest.approx(max(p["probabilities"]))
     pinned = client.predict_pixels(digits, version=1)
@@ -436,4 +487,5 @@ def test_against_the_real_service(real_service, tmp_path, mnist_images, capsys):
         client.predict_files([tmp_path / "junk.png"])
     assert (caught.value.status, caught.value.code) == (400, "invalid_input")
     assert main(["predict", str(png), "--url", real_service.url]) == 0
-    assert capsys.readouterr().out.startswith(str(png))
+    line = capsys.readouterr().out
+    assert line.startswith(str(png)) and line.split()[1] == "label"
