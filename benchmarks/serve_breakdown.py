@@ -48,7 +48,7 @@ ROUTES = ("healthz", "_probe/http", "_probe/no-forward", "_probe/first-layer", "
 TARGET_RATIO = 0.75
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", default=str(REPO / "model_store"))
     parser.add_argument("--workers", type=int, default=2)
@@ -56,15 +56,21 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--reps", type=int, default=5, help="rotations of the routes")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
-        return 2
-    pixels, _ = sample_digit()
-    body = json.dumps({"image": pixels}, separators=(",", ":"))
-    cores = os.cpu_count() or 1
+    return parser.parse_args()
 
-    loadavg_start = os.getloadavg()
+
+def check_probes_answer_alike(server: Server, body: str) -> None:
+    headers = {"Content-Type": "application/json"}
+    answers = {
+        route: requests.post(f"{server.url}/{route}", data=body, headers=headers, timeout=5).json()
+        for route in ROUTES[1:]
+    }
+    if len({json.dumps(answer, sort_keys=True) for answer in answers.values()}) != 1:
+        raise RuntimeError(f"the probe routes answer differently from /predict: {answers}")
+
+
+def measure_routes(args, body: str) -> dict[str, list[dict]]:
+    """Every route under the same wrk load, rotating the order each repetition."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store = tmp / "store"
@@ -73,15 +79,7 @@ def main() -> int:
         server = Server(store, args.workers, app="benchmarks.probe_app:create_app()")
         try:
             server.wait_ready()
-            headers = {"Content-Type": "application/json"}
-            answers = {
-                route: requests.post(
-                    f"{server.url}/{route}", data=body, headers=headers, timeout=5
-                ).json()
-                for route in ROUTES[1:]
-            }
-            if len({json.dumps(answer, sort_keys=True) for answer in answers.values()}) != 1:
-                raise RuntimeError(f"the probe routes answer differently from /predict: {answers}")
+            check_probes_answer_alike(server, body)
             workers = server.worker_pids()
             lua = {route: None if route == "healthz" else script for route in ROUTES}
             for route in ROUTES:  # warm-up: imports, caches, first-call paths
@@ -90,18 +88,17 @@ def main() -> int:
             for rep in range(args.reps):
                 order = ROUTES[rep % len(ROUTES) :] + ROUTES[: rep % len(ROUTES)]
                 for route in order:
+                    url = f"{server.url}/{route}"
                     runs[route].append(
-                        measured_wrk_run(
-                            f"{server.url}/{route}",
-                            args.concurrency,
-                            args.duration,
-                            lua[route],
-                            workers,
-                        )
+                        measured_wrk_run(url, args.concurrency, args.duration, lua[route], workers)
                     )
+            return runs
         finally:
             server.stop()
 
+
+def route_rows(runs: dict[str, list[dict]], cores: int) -> list[dict]:
+    """Per route: medians, and each step's CPU cost over the route before it."""
     rows = []
     for route in ROUTES:
         results = runs[route]
@@ -117,54 +114,46 @@ def main() -> int:
                 "other_cores_max": max(r["other_cores"] for r in results),
             }
         )
-    by_route = {row["route"]: row for row in rows}
-    healthz = by_route["healthz"]
+    healthz = rows[0]
     for previous, row in zip([None, *rows], rows, strict=False):
         row["ratio_to_healthz"] = row["rps"] / healthz["rps"]
-        row["step_machine_cpu_us"] = (
-            row["machine_cpu_us"] - previous["machine_cpu_us"] if previous else None
-        )
-        row["step_worker_cpu_us"] = (
-            row["worker_cpu_us"] - previous["worker_cpu_us"] if previous else None
-        )
-    no_forward, first_layer, predict = (
-        by_route[route] for route in ("_probe/no-forward", "_probe/first-layer", "predict")
+        for key in ("machine_cpu_us", "worker_cpu_us"):
+            row[f"step_{key}"] = row[key] - previous[key] if previous else None
+    return rows
+
+
+def forward_budget(rows: list[dict]) -> dict:
+    """What the forward pass may cost for TARGET_RATIO, and what it costs."""
+    by_route = {row["route"]: row for row in rows}
+    healthz, no_forward, first_layer, predict = (
+        by_route[route]
+        for route in ("healthz", "_probe/no-forward", "_probe/first-layer", "predict")
     )
-    budget = {
+    allowed = healthz["machine_cpu_us"] / TARGET_RATIO
+    return {
         "target_ratio": TARGET_RATIO,
-        "predict_machine_cpu_us_allowed": healthz["machine_cpu_us"] / TARGET_RATIO,
-        "forward_machine_cpu_us_allowed": healthz["machine_cpu_us"] / TARGET_RATIO
-        - no_forward["machine_cpu_us"],
+        "predict_machine_cpu_us_allowed": allowed,
+        "forward_machine_cpu_us_allowed": allowed - no_forward["machine_cpu_us"],
         "forward_machine_cpu_us_measured": predict["machine_cpu_us"] - no_forward["machine_cpu_us"],
         "first_layer_machine_cpu_us_measured": first_layer["machine_cpu_us"]
         - no_forward["machine_cpu_us"],
         "ratio_with_a_free_forward_pass": no_forward["ratio_to_healthz"],
     }
-    report = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "cores": cores,
-        "workers": args.workers,
-        "concurrency": args.concurrency,
-        "duration_s": args.duration,
-        "reps": args.reps,
-        "loadavg_start": loadavg_start,
-        "loadavg_end": os.getloadavg(),
-        "routes": rows,
-        "budget": budget,
-    }
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
+
+
+def print_report(report: dict) -> None:
+    budget = report["budget"]
     print(
-        f"convserve serve_breakdown  {report['date']}  {cores} cores  workers={args.workers}  "
-        f"c={args.concurrency}  wrk {args.duration:g}s x {args.reps} reps (medians)"
+        f"convserve serve_breakdown  {report['date']}  {report['cores']} cores  "
+        f"workers={report['workers']}  c={report['concurrency']}  "
+        f"wrk {report['duration_s']:g}s x {report['reps']} reps (medians)"
     )
-    print(f"loadavg at start: {tuple(round(x, 2) for x in loadavg_start)}")
+    print(f"loadavg at start: {tuple(round(x, 2) for x in report['loadavg_start'])}")
     print(
         f"{'route':>18} {'req/s':>7} {'x healthz':>9} {'p99':>8} {'errors':>6} "
         f"{'worker CPU/req':>15} {'machine CPU/req':>16} {'step':>8} {'others':>6}"
     )
-    for row in rows:
+    for row in report["routes"]:
         step = row["step_machine_cpu_us"]
         print(
             f"{row['route']:>18} {row['rps']:>7.0f} {row['ratio_to_healthz']:>9.2f} "
@@ -183,6 +172,34 @@ def main() -> int:
         f"{budget['first_layer_machine_cpu_us_measured']:.0f} us"
     )
     print(f"loadavg at end: {tuple(round(x, 2) for x in report['loadavg_end'])}")
+
+
+def main() -> int:
+    args = parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    pixels, _ = sample_digit()
+    body = json.dumps({"image": pixels}, separators=(",", ":"))
+    cores = os.cpu_count() or 1
+    loadavg_start = os.getloadavg()
+    rows = route_rows(measure_routes(args, body), cores)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cores": cores,
+        "workers": args.workers,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "reps": args.reps,
+        "loadavg_start": loadavg_start,
+        "loadavg_end": os.getloadavg(),
+        "routes": rows,
+        "budget": forward_budget(rows),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
     return 0
 
 

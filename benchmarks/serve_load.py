@@ -237,7 +237,7 @@ def wrk_post_script(directory: Path, body: str) -> Path:
     return script
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", default=str(REPO / "model_store"))
     parser.add_argument("--workers", type=int, default=2)
@@ -252,16 +252,38 @@ def main() -> int:
         help="serve an untrained SimpleConvNet if the store has no mnist model",
     )
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
-        return 2
-    levels = [int(c) for c in args.concurrency.split(",")]
-    pixels, label = sample_digit()
-    body = json.dumps({"image": pixels}, separators=(",", ":"))
+    return parser.parse_args()
 
-    loadavg_start = os.getloadavg()
-    # Serve a copy of the store, so the benchmark never touches the real one.
+
+def warm_up(server: Server, body: str) -> tuple[int, dict]:
+    """1,001 requests (the first checked): -> (the predicted label, the model that served)."""
+    headers = {"Content-Type": "application/json"}
+    answer = requests.post(server.url + "/predict", data=body, headers=headers, timeout=5)
+    answer.raise_for_status()
+    with requests.Session() as session:
+        for _ in range(1000):
+            session.post(server.url + "/predict", data=body, headers=headers, timeout=5)
+    return answer.json()["predictions"][0]["label"], answer.json()["model"]
+
+
+def load_levels(server: Server, args, levels: list[int], script: Path, workers: list[int]):
+    """wrk at every level, /healthz and /predict alternating -> (runs, /predict requests)."""
+    runs: dict[str, dict[int, list[dict]]] = {"healthz": {}, "predict": {}}
+    sent = 0
+    for concurrency in levels:
+        for _ in range(args.reps):
+            for route, lua in (("healthz", None), ("predict", script)):
+                result = measured_wrk_run(
+                    server.url + "/" + route, concurrency, args.duration, lua, workers
+                )
+                runs[route].setdefault(concurrency, []).append(result)
+                if route == "predict":
+                    sent += result["requests"]
+    return runs, sent
+
+
+def serve_and_measure(args, levels: list[int], body: str) -> dict:
+    """One server on a copy of the store: warm-up, the levels, the memory top-up."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store = tmp / "store"
@@ -273,38 +295,11 @@ def main() -> int:
         server = Server(store, args.workers)
         try:
             server.wait_ready()
-            answer = requests.post(
-                server.url + "/predict",
-                data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=5,
-            )
-            answer.raise_for_status()
-            predicted = answer.json()["predictions"][0]["label"]
-            served = answer.json()["model"]
-            session = requests.Session()
-            for _ in range(1000):
-                session.post(
-                    server.url + "/predict",
-                    data=body,
-                    headers={"Content-Type": "application/json"},
-                    timeout=5,
-                )
-            sent = 1001
+            predicted, served = warm_up(server, body)
             workers = server.worker_pids()
             rss_first = {pid: rss_mb(pid) for pid in workers}
-
-            runs: dict[str, dict[int, list[dict]]] = {"healthz": {}, "predict": {}}
-            for concurrency in levels:
-                for _ in range(args.reps):
-                    for route, lua in (("healthz", None), ("predict", script)):
-                        result = measured_wrk_run(
-                            server.url + "/" + route, concurrency, args.duration, lua, workers
-                        )
-                        runs[route].setdefault(concurrency, []).append(result)
-                        if route == "predict":
-                            sent += result["requests"]
-
+            runs, sent = load_levels(server, args, levels, script, workers)
+            sent += 1001
             # Top the predict count up to --memory-requests, bounded in time.
             deadline = time.monotonic() + args.memory_seconds
             while sent < args.memory_requests and time.monotonic() < deadline:
@@ -312,7 +307,26 @@ def main() -> int:
             rss_last = {pid: rss_mb(pid) for pid in server.worker_pids()}
         finally:
             server.stop()
+    return {
+        "runs": runs,
+        "sent": sent,
+        "served": served,
+        "predicted": predicted,
+        "untrained": untrained,
+        "memory": [
+            {
+                "pid": pid,
+                "rss_after_1k_mb": rss_first[pid],
+                "rss_after_all_mb": rss_last.get(pid),
+                "growth_mb": (rss_last[pid] - rss_first[pid]) if pid in rss_last else None,
+            }
+            for pid in rss_first
+        ],
+    }
 
+
+def summarise(runs: dict, levels: list[int]) -> list[dict]:
+    """Per level: medians of req/s, p99 and worker CPU per request; errors; the ratio."""
     summary = []
     for concurrency in levels:
         row = {"concurrency": concurrency}
@@ -329,46 +343,23 @@ def main() -> int:
             for h, p in zip(runs["healthz"][concurrency], runs["predict"][concurrency], strict=True)
         )
         summary.append(row)
-    memory = [
-        {
-            "pid": pid,
-            "rss_after_1k_mb": rss_first[pid],
-            "rss_after_all_mb": rss_last.get(pid),
-            "growth_mb": (rss_last[pid] - rss_first[pid]) if pid in rss_last else None,
-        }
-        for pid in rss_first
-    ]
-    report = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-        "loadavg_start": loadavg_start,
-        "loadavg_end": os.getloadavg(),
-        "workers": args.workers,
-        "duration_s": args.duration,
-        "reps": args.reps,
-        "served_model": served,
-        "untrained_model": untrained,
-        "digit_label": label,
-        "predicted_label": predicted,
-        "levels": summary,
-        "predict_requests_total": sent,
-        "memory": memory,
-    }
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
+    return summary
+
+
+def print_report(report: dict, args) -> None:
     print(
         f"convserve serve_load  {report['date']}  {report['machine']}  "
-        f"workers={args.workers}  model={served}{' (untrained)' if untrained else ''}  "
+        f"workers={args.workers}  model={report['served_model']}"
+        f"{' (untrained)' if report['untrained_model'] else ''}  "
         f"wrk {args.duration:g}s x {args.reps} reps (medians)"
     )
-    print(f"loadavg at start: {tuple(round(x, 2) for x in loadavg_start)}")
+    print(f"loadavg at start: {tuple(round(x, 2) for x in report['loadavg_start'])}")
     print(
         f"{'conc':>5} {'healthz rps':>12} {'predict rps':>12} {'ratio':>6} "
         f"{'healthz p99':>12} {'predict p99':>12} {'errors':>7} {'worker CPU us/req h/p':>22} "
         f"{'others':>6}"
     )
-    for row in summary:
+    for row in report["levels"]:
         print(
             f"{row['concurrency']:>5} {row['healthz_rps']:>12.0f} {row['predict_rps']:>12.0f} "
             f"{row['ratio']:>6.2f} {row['healthz_p99_ms']:>10.2f}ms "
@@ -377,13 +368,48 @@ def main() -> int:
             f"{row['healthz_worker_cpu_us']:>14.0f} / {row['predict_worker_cpu_us']:<5.0f} "
             f"{max(row['healthz_other_cores_max'], row['predict_other_cores_max']):>6.2f}"
         )
-    print(f"predict requests sent: {sent}; digit label {label}, predicted {predicted}")
-    for entry in memory:
+    print(
+        f"predict requests sent: {report['predict_requests_total']}; digit label "
+        f"{report['digit_label']}, predicted {report['predicted_label']}"
+    )
+    for entry in report["memory"]:
         print(
             f"worker {entry['pid']}: RSS after 1k {entry['rss_after_1k_mb']:.1f} MB, "
             f"after all {entry['rss_after_all_mb']:.1f} MB, growth {entry['growth_mb']:+.1f} MB"
         )
     print(f"loadavg at end: {tuple(round(x, 2) for x in report['loadavg_end'])}")
+
+
+def main() -> int:
+    args = parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    levels = [int(c) for c in args.concurrency.split(",")]
+    pixels, label = sample_digit()
+    body = json.dumps({"image": pixels}, separators=(",", ":"))
+    loadavg_start = os.getloadavg()
+    measured = serve_and_measure(args, levels, body)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "loadavg_start": loadavg_start,
+        "loadavg_end": os.getloadavg(),
+        "workers": args.workers,
+        "duration_s": args.duration,
+        "reps": args.reps,
+        "served_model": measured["served"],
+        "untrained_model": measured["untrained"],
+        "digit_label": label,
+        "predicted_label": measured["predicted"],
+        "levels": summarise(measured["runs"], levels),
+        "predict_requests_total": measured["sent"],
+        "memory": measured["memory"],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, args)
     return 0
 
 

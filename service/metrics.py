@@ -80,6 +80,7 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
         self.multiprocess = multiprocess_enabled()
         self._define_http_metrics()
         self._define_model_metrics()
+        self._define_prediction_metrics()
         self._define_lifecycle_metrics()
         if not self.multiprocess:
             ProcessCollector(registry=self.registry)  # this process (multiprocess: per worker)
@@ -138,6 +139,7 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
             ["model"],
             buckets=BATCH_BUCKETS,
         )
+    def _define_prediction_metrics(self) -> None:
         self.predictions = self._metric(
             Counter,
             "convserve_predictions_total",
