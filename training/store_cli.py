@@ -43,7 +43,12 @@ def register(subparsers) -> None:
         help="store directory (default: $MODEL_STORE, else ./model_store)",
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _register_reading(actions, common)
+    _register_writing(actions, common)
 
+
+def _register_reading(actions, common: argparse.ArgumentParser) -> None:
+    """list, show, verify: the actions that change nothing (verify --clean aside)."""
     parser = actions.add_parser(
         "list", parents=[common], help="every version of every model, with aliases and accuracy"
     )
@@ -55,6 +60,26 @@ def register(subparsers) -> None:
     parser.add_argument("ref", metavar="REF", help="NAME (latest), NAME:VERSION or NAME@ALIAS")
     parser.set_defaults(func=show_model)
 
+    parser = actions.add_parser(
+        "verify",
+        parents=[common],
+        help="check hashes, bundles and aliases (exit 1 on problems)",
+        description="Check every version's size, sha256 and bundle, and every alias. "
+        "Exit status: 0 all good, 1 problems found, 2 error.",
+    )
+    parser.add_argument(
+        "ref", metavar="REF", nargs="?", help="NAME, NAME:VERSION or NAME@ALIAS (default: all)"
+    )
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="also remove staging directories left by killed publishes",
+    )
+    parser.set_defaults(func=verify_models)
+
+
+def _register_writing(actions, common: argparse.ArgumentParser) -> None:
+    """publish, promote, rollback, delete."""
     parser = actions.add_parser(
         "publish", parents=[common], help="add a bundle as the next version of a model"
     )
@@ -100,23 +125,6 @@ def register(subparsers) -> None:
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("version", metavar="VERSION", type=int)
     parser.set_defaults(func=delete_model)
-
-    parser = actions.add_parser(
-        "verify",
-        parents=[common],
-        help="check hashes, bundles and aliases (exit 1 on problems)",
-        description="Check every version's size, sha256 and bundle, and every alias. "
-        "Exit status: 0 all good, 1 problems found, 2 error.",
-    )
-    parser.add_argument(
-        "ref", metavar="REF", nargs="?", help="NAME, NAME:VERSION or NAME@ALIAS (default: all)"
-    )
-    parser.add_argument(
-        "--clean",
-        action="store_true",
-        help="also remove staging directories left by killed publishes",
-    )
-    parser.set_defaults(func=verify_models)
 
 
 # ---------------------------------------------------------------------------------- helpers
