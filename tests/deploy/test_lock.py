@@ -65,14 +65,31 @@ def test_every_locked_file_has_a_sha256():
         assert entry["hashes"], f"{name} has no --hash: {STALE}"
 
 
-def test_every_pyproject_dependency_is_locked_within_its_range():
-    for requirement in runtime_requirements():
+def lock_problems(requirements: list[Requirement], locked: dict[str, dict]) -> list[str]:
+    """What is wrong with ``locked`` for these pyproject requirements (empty: nothing)."""
+    problems = []
+    for requirement in requirements:
         name = canonicalize_name(requirement.name)
-        assert name in LOCKED, f"{requirement} is in pyproject.toml, not in the lock: {STALE}"
-        version = LOCKED[name]["version"]
-        assert requirement.specifier.contains(version, prereleases=True), (
-            f"locked {name}=={version} is outside pyproject's {requirement}: {STALE}"
-        )
+        if name not in locked:
+            problems.append(f"{requirement} is in pyproject.toml, not in the lock")
+        elif not requirement.specifier.contains(locked[name]["version"], prereleases=True):
+            problems.append(f"locked {name}=={locked[name]['version']} is outside {requirement}")
+    return problems
+
+
+def test_every_pyproject_dependency_is_locked_within_its_range():
+    problems = lock_problems(runtime_requirements(), LOCKED)
+    assert not problems, f"{problems}: {STALE}"
+
+
+def test_a_stale_lock_is_caught():
+    """A dependency added to pyproject (a gunicorn worker class, say) or a range tightened past
+    the locked version, without `make lock`, is reported."""
+    added = runtime_requirements() + [Requirement("gevent>=24")]
+    assert lock_problems(added, LOCKED) == ["gevent>=24 is in pyproject.toml, not in the lock"]
+    numpy = LOCKED["numpy"]["version"]
+    tightened = [Requirement(f"numpy>{numpy}")]
+    assert lock_problems(tightened, LOCKED) == [f"locked numpy=={numpy} is outside numpy>{numpy}"]
 
 
 def test_every_locked_package_is_still_needed():
