@@ -8,6 +8,10 @@ is checked against them here, so a rename in one place cannot silently break a d
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -433,3 +437,22 @@ def test_ingress_routes_the_public_paths_only():
                 else (hidden == path or hidden.startswith(path.rstrip("/") + "/"))
             )
             assert not reaches, (hidden, path)
+
+
+def test_verify_job_command_passes_on_the_embedded_store_and_writes_nothing(tmp_path):
+    """The Job's exact args, on a copy of model_store (its /models): exit 0, no file written
+    (the Job mounts the store read-only)."""
+    (job,) = [j for j in k8s_objects("Job") if j["metadata"]["generateName"] == "convserve-verify-"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    store = tmp_path / "models"
+    shutil.copytree(REPO / "model_store", store)
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    time.sleep(0.01)
+    args = [str(store) if arg == STORE else arg for arg in container["args"]]
+    assert args[0] == "convserve"
+    result = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all good" in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
