@@ -72,6 +72,17 @@ def wait_for_status(url: str, process: subprocess.Popen, log_path: Path, timeout
     raise RuntimeError(f"{url} not 200 within {timeout} s:\n{log_path.read_text()[-3000:]}")
 
 
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
+    """Until something accepts on 127.0.0.1:``port`` (bounded), failing if ``process`` died."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing accepts on port {port} (exit code {process.poll()})")
+
+
 class Replica:
     """``convserve serve --workers 1`` on a fixed 127.0.0.1 port (kept across restarts)."""
 
@@ -167,12 +178,17 @@ class Proxy:
     def check_config(self) -> subprocess.CompletedProcess:
         return subprocess.run(self.command() + ["-t"], capture_output=True, text=True, timeout=30)
 
-    def start(self, timeout: float = 30.0) -> Proxy:
+    def start(self, timeout: float = 30.0, expect_replicas: bool = True) -> Proxy:
+        """Start nginx and wait until /healthz answers 200 through it (or, without replicas
+        to expect, until it accepts connections)."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        wait_for_status(self.url + "/healthz", self.process, self.log_path, timeout)
+        if expect_replicas:
+            wait_for_status(self.url + "/healthz", self.process, self.log_path, timeout)
+        else:
+            wait_for_port(self.port, self.process, timeout)
         return self
 
     def stop(self) -> int | None:

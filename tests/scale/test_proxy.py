@@ -8,7 +8,7 @@ import re
 
 import requests
 
-from benchmarks.fleet import load_renderer
+from benchmarks.fleet import Proxy, free_port, load_renderer
 from service.config import SETTINGS
 from tests.support.servers import ADMIN_TOKEN
 
@@ -148,3 +148,20 @@ def test_every_post_route_is_retryable_or_not_public(tmp_path):
         if path.startswith("/admin"):
             continue
         assert any(p.fullmatch(path) for p in retryable), f"POST {rule}: classify it in nginx"
+
+
+def test_no_replica_answering_is_a_json_502_from_nginx(nginx_binary, tmp_path):
+    """Every replica down (here: none listening): the proxy's own answer, in the service's
+    error shape, after trying each replica once."""
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    proxy = Proxy(tmp_path / "nginx", dead).start(expect_replicas=False)
+    try:
+        answer = requests.post(proxy.url + "/predict", data=b"{}", timeout=30)
+        health = requests.get(proxy.url + "/healthz", timeout=30)
+    finally:
+        proxy.stop()
+    assert answer.status_code == 502 and health.status_code == 502
+    assert answer.json()["error"]["code"] == "no_replica"
+    assert set(answer.headers["X-Served-By"].replace(" ", "").split(",")) <= set(dead) | {
+        "convserve_replicas"
+    }
