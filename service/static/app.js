@@ -208,10 +208,9 @@
     const labels = await classLabelsOf(model, prediction.probabilities.length);
     $("placeholder").hidden = true;
     $("answer").hidden = false;
-    $("label").textContent = String(prediction.label);
-    $("confidence").textContent = percent(prediction.confidence);
+    const verdict = showVerdict(prediction);
     const answeredBy = $("answered-by");
-    answeredBy.textContent = "answered by " + model.name + " version " + model.version;
+    answeredBy.textContent = "Answered by " + model.name + " version " + model.version + ".";
     answeredBy.dataset.version = String(model.version);
     const seen = $("seen");
     if (prediction.input_png) {
@@ -220,9 +219,31 @@
     }
     drawBars(prediction.probabilities, prediction.label, labels);
     statusBox.textContent =
-      "Predicted " + prediction.label + ", " + percent(prediction.confidence) +
-      " confident, by " + model.name + " version " + model.version + ".";
+      verdict + " Answered by " + model.name + " version " + model.version + ".";
     revealResult();
+  }
+
+  // A flagged image gets no confident label, only the plain message and the best guess; a
+  // version without a detector (not_a_digit null) answers with a label as it always has.
+  // Returns the verdict as one sentence for screen readers.
+  function showVerdict(prediction) {
+    const flagged = prediction.not_a_digit === true;
+    const unavailable = prediction.not_a_digit === null || prediction.not_a_digit === undefined;
+    $("digit-verdict").hidden = flagged;
+    $("not-digit").hidden = !flagged;
+    $("ood-note").hidden = !unavailable;
+    $("result").dataset.verdict = flagged ? "not-a-digit" : "digit";
+    const guess = String(prediction.label);
+    const confidence = percent(prediction.confidence);
+    if (flagged) {
+      $("ood-score").textContent = Number(prediction.ood_score).toFixed(2);
+      $("best-guess").textContent = guess;
+      $("best-guess-confidence").textContent = confidence;
+      return "This doesn't look like a digit (best guess " + guess + ", " + confidence + ").";
+    }
+    $("label").textContent = guess;
+    $("confidence").textContent = confidence;
+    return "Predicted " + guess + ", " + confidence + " confident.";
   }
 
   // On a phone the answer sits below the controls: bring it into view unless it already is.

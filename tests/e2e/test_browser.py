@@ -6,6 +6,10 @@ the trained ``mnist`` (then "the right label" is asserted), else a temporary sto
 bundles (then only "the page shows what the API answers" is). Either way a second version is
 published to the copy, so the version selector has something to switch to.
 
+The "not a digit" answer needs a version with a detector: a second server serves a tiny
+network trained in the session on the tiny MNIST fixture (the recipe fits its temperature and
+detector), and is shown letters and shapes drawn in MNIST's form (training/nondigits.py).
+
 Screenshots of each view (desktop and a 360-px phone) are written to the test's temporary
 directory; the path is printed (``pytest -s``) so a person can look at them.
 """
@@ -24,6 +28,7 @@ import requests
 
 from tests.support import REPO
 from tests.support.bundles import make_bundle
+from tests.support.http_io import png_bytes
 from tests.support.mnist import find_mnist_dir
 from tests.support.servers import GunicornServer
 from training.store import ModelStore
@@ -127,6 +132,49 @@ def server(served_store, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def detector_server(browser, tiny_mnist_dir, tmp_path_factory):
+    """A real gunicorn serving, as production, a version with a not-a-digit detector: a tiny
+    mlp trained on the tiny MNIST (seconds; the recipe fits the temperature and the detector).
+    Yields its base URL. Asks for ``browser`` first, so it trains nothing without chromium."""
+    from training.data import load_mnist
+    from training.recipe import save_trained_bundle, train_and_evaluate
+    from training.trainer import TrainConfig
+
+    directory = tmp_path_factory.mktemp("detector")
+    config = TrainConfig(epochs=5, batch_size=20, shift=0)
+    trained = train_and_evaluate(load_mnist(tiny_mnist_dir), "mlp", config, seed=7, val_size=100)
+    store = ModelStore(directory / "store")
+    bundle = save_trained_bundle(trained, directory / "detector.npz")
+    store.publish(bundle, "mnist", alias="production", note="with a detector")
+    assert "ood" in store.manifest("mnist", 1), "the recipe fitted no detector"
+    running = GunicornServer(
+        store.root, directory / "gunicorn.log", WORKERS="1", LOG_LEVEL="warning"
+    ).start()
+    try:
+        yield running.url
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def flagged_nondigit(detector_server) -> tuple[bytes, dict]:
+    """(PNG, the API's prediction) of the first built-in letter or shape (in MNIST's form)
+    that the served detector flags: which ones a tiny network flags depends on its training,
+    so the test picks one the API flags and then asks the page about it."""
+    from training.nondigits import nondigit_set
+
+    drawings = nondigit_set(font_limit=0)
+    for image in [*drawings["letters"][:40], *drawings["shapes"]]:
+        png = png_bytes(image)
+        answer = predict_via_api(detector_server, png)
+        assert answer.status_code == 200, answer.text
+        prediction = answer.json()["predictions"][0]
+        if prediction["not_a_digit"]:
+            return png, prediction
+    pytest.fail("the served detector flags none of the letters and shapes")
+
+
+@pytest.fixture(scope="module")
 def screenshots(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("screenshots")
     print(f"\nbrowser screenshots: {directory}")
@@ -148,6 +196,11 @@ def page_in_new_context(browser, **context_options):
 
 @pytest.fixture
 def desktop(browser, server):
+    yield from page_in_new_context(browser, viewport=DESKTOP)
+
+
+@pytest.fixture
+def detector_desktop(browser, detector_server):
     yield from page_in_new_context(browser, viewport=DESKTOP)
 
 
@@ -241,6 +294,14 @@ def shown_answer(page) -> dict:
     }
 
 
+def newest_version(page) -> int:
+    """The highest version the page's selector offers."""
+    values = page.locator("#version option").evaluate_all(
+        "options => options.map(o => o.value).filter(v => v.startsWith('version:'))"
+    )
+    return max(int(value.split(":")[1]) for value in values)
+
+
 def pad_png(page) -> bytes:
     url = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
     assert url.startswith("data:image/png;base64,")
@@ -321,12 +382,7 @@ def test_version_selector_switches_the_answering_version(desktop, server, digit_
     options = desktop.locator("#version option").all_inner_texts()
     assert options[0] == "Served: version 1 (production)"
     assert "Version 1 (served, production)" in options
-    newest = max(
-        int(v.split(":")[1])
-        for v in desktop.locator("#version option").evaluate_all(
-            "options => options.map(o => o.value).filter(v => v.startsWith('version:'))"
-        )
-    )
+    newest = newest_version(desktop)
     assert newest >= 2
 
     before = finished(desktop)
@@ -347,6 +403,59 @@ def test_version_selector_switches_the_answering_version(desktop, server, digit_
     )
     shown = desktop.locator("#bars .bar-value").all_inner_texts()
     assert shown == [f"{100 * p:.1f}%" for p in api["predictions"][0]["probabilities"]]
+
+
+def test_a_flagged_image_says_it_is_not_a_digit_and_still_shows_the_bars(
+    detector_desktop, detector_server, flagged_nondigit, screenshots
+):
+    png, prediction = flagged_nondigit
+    page = detector_desktop
+    open_page(page, detector_server)
+    before = finished(page)
+    page.set_input_files(
+        "#upload", files=[{"name": "letter.png", "mimeType": "image/png", "buffer": png}]
+    )
+    wait_finished(page, before)
+    assert page.inner_text("#error") == ""
+    message = page.locator("#not-digit")
+    assert message.is_visible()
+    assert "This doesn't look like a digit." in message.inner_text()
+    assert not page.locator("#digit-verdict").is_visible(), "no confident label"
+    assert not page.locator("#label").is_visible()
+    assert page.inner_text("#best-guess") == str(prediction["label"])
+    assert page.inner_text("#best-guess-confidence") == f"{100 * prediction['confidence']:.1f}%"
+    assert page.inner_text("#ood-score") == f"{prediction['ood_score']:.2f}"
+    shown = page.locator("#bars .bar-value").all_inner_texts()
+    assert shown == [f"{100 * p:.1f}%" for p in prediction["probabilities"]]
+    assert not page.locator("#ood-note").is_visible(), "this version has a detector"
+    assert page.inner_text("#status").startswith("This doesn't look like a digit")
+    assert page.get_attribute("#result", "data-verdict") == "not-a-digit"
+    page.screenshot(path=screenshots / "page-not-a-digit.png", full_page=True)
+
+
+def test_without_a_detector_the_label_shows_and_nothing_about_ood(
+    desktop, server, digit_png, screenshots
+):
+    """The version published by the test (untrained, no detector) answers null: the page
+    shows its label as always and only a small note that it has no detector."""
+    path, _ = digit_png
+    open_page(desktop, server)
+    newest = newest_version(desktop)
+    desktop.select_option("#version", f"version:{newest}")  # nothing sent yet: no request
+    before = finished(desktop)
+    desktop.set_input_files("#upload", str(path))
+    wait_finished(desktop, before)
+    api = predict_via_api(server, path.read_bytes(), version=str(newest)).json()
+    prediction = api["predictions"][0]
+    assert prediction["not_a_digit"] is None and prediction["ood_score"] is None
+    assert desktop.get_attribute("#answered-by", "data-version") == str(newest)
+    assert desktop.locator("#label").is_visible()
+    assert desktop.inner_text("#label") == str(prediction["label"])
+    assert not desktop.locator("#not-digit").is_visible()
+    assert "look like a digit" not in desktop.inner_text("#result")
+    assert "no not-a-digit detector" in desktop.inner_text("#ood-note")
+    assert desktop.get_attribute("#result", "data-verdict") == "digit"
+    desktop.screenshot(path=screenshots / "page-no-detector.png", full_page=True)
 
 
 def test_api_errors_appear_as_readable_alerts(desktop, server):
