@@ -153,6 +153,11 @@ def test_slow_header_clients_do_not_hold_the_replicas(fleet, predict_body):
                 answers.append(post_predict(session, fleet.proxy.url, predict_body, timeout=10))
                 if round_number % 10 == 0:
                     time.sleep(0.1)
+        # The slow clients were held, not turned away: still open, still unanswered.
+        for sock in slow:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
     finally:
         for sock in slow:
             sock.close()
