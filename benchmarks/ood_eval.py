@@ -226,7 +226,8 @@ def evaluate(bundle: Bundle, digits: int, photos: int) -> dict:
     drawn = {kind: drawn_in_mnist_form(inks) for kind, inks in ink_drawings(rng).items()}
     drawn.update(full_field_kinds(rng, 300))
     drawings = {kind: kind_figures(digit_scores, score(x)) for kind, x in drawn.items()}
-    all_drawn = np.concatenate(list(drawn.values()))
+    # "digit-like" glyphs (a bracket is a "1" in MNIST form) are reported, not counted.
+    all_drawn = np.concatenate([x for kind, x in drawn.items() if kind != "digit-like"])
     drawings["all"] = kind_figures(digit_scores, score(all_drawn))
     photo_digits, digits_refused = photo_pixels(
         [d.astype(np.float32) for d in images[:photos]], seed=1
@@ -242,8 +243,9 @@ def evaluate(bundle: Bundle, digits: int, photos: int) -> dict:
     everything, refused_total = [], 0
     for offset, (kind, inks) in enumerate(photo_nondigits(rng, photos).items()):
         pixels, refused = photo_pixels(inks, seed=10 + offset)
-        refused_total += refused
-        everything.append(pixels)
+        if kind != "digit-like":
+            refused_total += refused
+            everything.append(pixels)
         photo_section[kind] = kind_figures(photo_digit_scores, score(pixels), refused)
     photo_section["all non-digits"] = kind_figures(
         photo_digit_scores, score(np.concatenate(everything)), refused_total
