@@ -10,7 +10,9 @@ they run the same commands, but their figures are not compared.
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +79,28 @@ def test_the_examples_print_what_the_doc_says(doc, shared_server, tmp_path, mnis
                     f"{where}: the doc says\n  {claim}\nit printed\n{outcome.output[-1500:]}"
                 )
     assert problems == [], "\n\n".join(problems)
+    if check_figures:
+        assert published_with_an_alias_below(scratch, LEARNED_SOMETHING) == []
+
+
+# What a model that learned anything scores on MNIST's test set (chance: ~0.10; the short
+# training example once published a model at 0.0983, predicting "4" for everything).
+LEARNED_SOMETHING = 0.5
+
+
+def published_with_an_alias_below(scratch: Path, floor: float) -> list[str]:
+    """Every version an example published straight to an alias whose recorded test accuracy
+    is below ``floor``: a short training example must not put a useless model behind an alias
+    (the regression gate compares with what the alias had; on an empty store it had nothing)."""
+    weak = []
+    for aliases_file in scratch.glob("*/*/aliases.json"):
+        history = json.loads(aliases_file.read_text())["history"]
+        for alias, moves in history.items():
+            for move in moves:
+                if move["action"] != "publish":
+                    continue
+                manifest = aliases_file.parent / str(move["version"]) / "manifest.json"
+                accuracy = json.loads(manifest.read_text())["metrics"].get("test_accuracy")
+                if accuracy is None or accuracy < floor:
+                    weak.append(f"{aliases_file.parent.name}:{move['version']}@{alias}: {accuracy}")
+    return weak
