@@ -184,23 +184,10 @@ def find_mnist_dir() -> Path | None:
     return None
 
 
-def synthetic_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Digit-like (count, 28, 28) uint8 images with thick saturated strokes (so pooling windows
-    tie, as on MNIST) and their (count,) uint8 labels."""
-    rng = np.random.default_rng(seed)
-    images = np.zeros((count, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, count).astype(np.uint8)
-    for i, label in enumerate(labels):
-        top, left = 6 + rng.integers(-2, 3), 8 + rng.integers(-2, 3)
-        images[i, top : top + 16, left + label : left + label + 4] = 255
-        images[i, top + label : top + label + 3, left : left + 12] = 255
-    return images, labels
-
-
 def mnist_test_digits(count: int) -> tuple[np.ndarray, np.ndarray, str]:
     """The first ``count`` MNIST test images (count, 28, 28) uint8 and labels (count,), and
     where they came from; synthetic digits when MNIST is not on this machine."""
-    from training.data import read_idx
+    from training.data import read_idx, synthetic_digits
 
     directory = find_mnist_dir()
     if directory is None:

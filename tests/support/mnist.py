@@ -1,6 +1,6 @@
 """MNIST for the tests: the real files when this machine has them, else synthetic digits.
 
-One generator, ``synthetic_digits``: digit-like strokes, brought to MNIST's own form (when a
+One generator, ``training.data.synthetic_digits`` (benchmarks use it too): digit-like strokes, brought to MNIST's own form (when a
 test needs that) by the service's own ``normalise_like_mnist``, not by a copy of it.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from service.inputs.mnist_form import normalise_like_mnist
 from tests.support import REPO
-from training.data import read_idx
+from training.data import read_idx, synthetic_digits
 
 # The tiny MNIST directory: images per split (every digit 0-9 present in both).
 TINY_MNIST_SIZES = {"train": 500, "t10k": 200}
@@ -28,20 +28,6 @@ def find_mnist_dir() -> Path | None:
     from_environment = os.environ.get("MNIST_DIR")
     candidate = Path(from_environment) if from_environment else REPO.parent / "shared/data/mnist"
     return candidate if (candidate / "t10k-images-idx3-ubyte.gz").is_file() else None
-
-
-def synthetic_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (count, 28, 28), labels uint8 (count,)): a bar and a crossing stroke
-    placed by the label and a random offset, thick and saturated (so pooling windows tie, as
-    on MNIST). Not in MNIST's form: see ``in_mnist_form``."""
-    rng = np.random.default_rng(seed)
-    images = np.zeros((count, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, count).astype(np.uint8)
-    for i, label in enumerate(labels):
-        top, left = 6 + rng.integers(-2, 3), 8 + rng.integers(-2, 3)
-        images[i, top : top + 16, left + label : left + label + 4] = 255
-        images[i, top + label : top + label + 3, left : left + 12] = 255
-    return images, labels
 
 
 def synthetic_digit(seed: int = 0) -> np.ndarray:
