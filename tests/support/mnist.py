@@ -1,7 +1,8 @@
 """MNIST for the tests: the real files when this machine has them, else synthetic digits.
 
-One generator, ``training.data.synthetic_digits`` (benchmarks use it too): digit-like strokes, brought to MNIST's own form (when a
-test needs that) by the service's own ``normalise_like_mnist``, not by a copy of it.
+One generator, ``training.data.synthetic_digits`` (benchmarks use it too): digit-like strokes,
+brought to MNIST's own form (when a test needs that) by the service's own
+``normalise_like_mnist``, not by a copy of it.
 """
 
 from __future__ import annotations
