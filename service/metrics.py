@@ -21,6 +21,7 @@ collides. Label children are cached in dicts: ``.labels()`` costs a lock and a t
 
 from __future__ import annotations
 
+import math
 import time
 
 from prometheus_client import (
@@ -139,6 +140,7 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
             ["model"],
             buckets=BATCH_BUCKETS,
         )
+
     def _define_prediction_metrics(self) -> None:
         self.predictions = self._metric(
             Counter,
@@ -296,3 +298,41 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
             registry.register(WorkerProcessCollector())
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    # ------------------------------------------------------------------ the drift view
+    def live_distributions(self, model: str, version: int) -> dict:
+        """What ``model:version`` answered since the server started, all workers together in
+        multiprocess mode: ``{"confidence": h, "ood_score": h}``, each ``h`` in the form of a
+        bundle's ``distributions`` (``{"le": bounds, "counts": per bucket plus the overflow,
+        "total"}``) or None when nothing was observed (no prediction, or no detector)."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        wanted = {"model": model, "version": str(version)}
+        buckets: dict[str, dict[float, float]] = {"confidence": {}, "ood_score": {}}
+        for family in registry.collect():
+            name = family.name.removeprefix("convserve_prediction_")
+            if family.type != "histogram" or name not in buckets:
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name.endswith("_bucket") and all(
+                    labels.get(key) == value for key, value in wanted.items()
+                ):
+                    bound = float(labels["le"])  # "+Inf" included
+                    buckets[name][bound] = buckets[name].get(bound, 0.0) + sample.value
+        return {name: _from_cumulative(found) for name, found in buckets.items()}
+
+
+def _from_cumulative(buckets: dict[float, float]) -> dict | None:
+    """Prometheus' cumulative buckets ({le: count at or below}, +Inf included) -> {"le",
+    "counts", "total"} with per-bucket counts; None when there are none."""
+    if not buckets or math.inf not in buckets:
+        return None
+    bounds = sorted(bound for bound in buckets if bound != math.inf)
+    cumulative = [buckets[bound] for bound in bounds] + [buckets[math.inf]]
+    below = [0.0, *cumulative[:-1]]
+    counts = [round(high - low) for low, high in zip(below, cumulative, strict=True)]
+    return {"le": bounds, "counts": counts, "total": round(cumulative[-1])}

@@ -31,6 +31,7 @@ from tests.support.bundles import make_bundle
 from tests.support.http_io import png_bytes
 from tests.support.mnist import find_mnist_dir
 from tests.support.servers import GunicornServer
+from training.ood import OOD_SCORE_BOUNDS
 from training.store import ModelStore
 
 pytestmark = pytest.mark.browser
@@ -431,6 +432,37 @@ def test_a_flagged_image_says_it_is_not_a_digit_and_still_shows_the_bars(
     assert page.inner_text("#status").startswith("This doesn't look like a digit")
     assert page.get_attribute("#result", "data-verdict") == "not-a-digit"
     page.screenshot(path=screenshots / "page-not-a-digit.png", full_page=True)
+
+
+def prometheus_value(base: str, name: str, labels: str) -> float:
+    """One sample of GET /metrics (0 when absent), e.g. ``labels='model="mnist",version="1"'``."""
+    text = requests.get(base + "/metrics", timeout=10).text
+    found = re.search(rf"^{name}{{{labels}}} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_models_view_shows_calibration_and_the_live_traffic_of_every_worker(
+    detector_desktop, detector_server, flagged_nondigit, screenshots
+):
+    """Under gunicorn (prometheus multiprocess mode) the served version's live distributions
+    on the models view are the ones /metrics exports: the flagged count is the counter's."""
+    png, _ = flagged_nondigit
+    assert predict_via_api(detector_server, png).json()["predictions"][0]["not_a_digit"]
+    page = detector_desktop
+    page.goto(detector_server + "/ui/models")
+    for chart in ("mnist-v1-rel", "mnist-v1-live-conf", "mnist-v1-live-ood"):
+        assert page.locator(f"#{chart}").is_visible(), chart
+    facts = page.locator('dl[aria-label="Live traffic against validation"]').inner_text()
+    flagged = re.search(r"Flagged not a digit\s+live [\d.]+% \((\d+) of (\d+)\)", facts)
+    assert flagged, facts
+    labels = 'model="mnist",version="1"'
+    counter = prometheus_value(detector_server, "convserve_predictions_not_a_digit_total", labels)
+    total = prometheus_value(detector_server, "convserve_prediction_confidence_count", labels)
+    assert (int(flagged.group(1)), int(flagged.group(2))) == (counter, total)
+    assert counter >= 1
+    bars = page.locator("#mnist-v1-live-ood rect.bar-live > title")  # not the legend
+    assert bars.count() == len(OOD_SCORE_BOUNDS) + 1
+    page.screenshot(path=screenshots / "models-calibration-drift.png", full_page=True)
 
 
 def test_without_a_detector_the_label_shows_and_nothing_about_ood(

@@ -13,7 +13,9 @@ import pytest
 
 from service.app import create_app
 from service.charts import confusion_matrix, learning_curve
+from service.trust_charts import distribution_chart, reliability_diagram
 from tests.support.bundles import make_bundle
+from training.ood import CONFIDENCE_BOUNDS, OOD_SCORE_BOUNDS, histogram
 from training.store import ModelStore
 
 STATIC = Path(__file__).resolve().parents[2] / "service" / "static"
@@ -381,3 +383,134 @@ def test_manifest_history_reaches_the_json_api_too(client):
     manifest = get(client, "/models/mnist/versions/1").json["manifest"]
     assert [record["epoch"] for record in manifest["history"]] == [1, 2, 3]
     assert json.loads(json.dumps(manifest["metrics"]["confusion_matrix"]))[3][5] == 7
+
+
+# ---------------------------------------------------------------------------------- trust
+
+
+@pytest.fixture(scope="module")
+def trusted_bundle(tiny_mnist_dir, tmp_path_factory) -> Path:
+    """A tiny mlp trained on the tiny MNIST: the recipe gives it a temperature, a detector,
+    the calibration and OOD figures and the validation distributions (seconds)."""
+    from training.data import load_mnist
+    from training.recipe import save_trained_bundle, train_and_evaluate
+    from training.trainer import TrainConfig
+
+    config = TrainConfig(epochs=5, batch_size=20, shift=0)
+    trained = train_and_evaluate(load_mnist(tiny_mnist_dir), "mlp", config, seed=7, val_size=100)
+    return save_trained_bundle(trained, tmp_path_factory.mktemp("trusted") / "trusted.npz")
+
+
+@pytest.fixture
+def trusted(trusted_bundle, tmp_path):
+    """(app, store): mnist:1 old (no calibration, no detector), mnist:2 trusted and served."""
+    store = ModelStore(tmp_path / "store")
+    store.publish(make_bundle(tmp_path / "old.npz", seed=1), "mnist")
+    store.publish(trusted_bundle, "mnist", alias="production")
+    app = create_app({"MODEL_STORE": str(store.root), "RELOAD_INTERVAL_S": 0, "LOG_LEVEL": "error"})
+    yield app, store
+    app.extensions["convserve"].predictor.stop()
+
+
+def section(text: str, element_id: str) -> str:
+    """The markup of one version's details, up to the next version's (they do not nest)."""
+    start = text.index(f'<details class="version" id="{element_id}"')
+    ends = [text.find(mark, start + 1) for mark in ('<details class="version"', "</section>")]
+    return text[start : min(end for end in ends if end > 0)]
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def test_models_view_shows_calibration_and_detector_figures(trusted):
+    app, store = trusted
+    manifest = store.manifest("mnist", 2)
+    calibration, figures = manifest["calibration"], manifest["metrics"]
+    text = section(get(app.test_client(), "/ui/models").get_data(as_text=True), "mnist-v2")
+    assert f"{percent(calibration['test_ece_before'])} before" in text
+    assert f"<strong>{percent(calibration['test_ece_after'])}</strong> after" in text
+    assert f"{calibration['temperature']:.3f}" in text
+    diagram = svg_element(text, "mnist-v2-rel")
+    assert "Reliability diagram on the test set, mnist version 2" in diagram
+    for split in ("before", "after"):
+        bins = [n for n in calibration[f"test_reliability_{split}"]["count"] if n]
+        assert diagram.count(f'<circle class="dot-{split}"') == len(bins)
+    assert f"<dd>{figures['ood_auroc']:.4g}</dd>" in text
+    assert f"<dd>{percent(figures['ood_test_digits_flagged'])}</dd>" in text
+    assert f"<dd>{percent(figures['ood_nondigits_flagged'])}</dd>" in text
+    for kind, entry in manifest["ood"]["nondigits"].items():
+        assert f'<th scope="row">{kind}</th><td class="number">{entry["images"]}</td>' in text
+
+
+def test_an_old_version_says_not_recorded(trusted):
+    app, _ = trusted
+    text = section(get(app.test_client(), "/ui/models").get_data(as_text=True), "mnist-v1")
+    assert "Calibration: not recorded" in text
+    assert "Not-a-digit detector: not recorded" in text
+    assert "<svg" not in text and "Live traffic" not in text  # not served either
+
+
+def live_bar_tooltips(text: str, element_id: str) -> list[str]:
+    return re.findall(
+        r'<rect class="bar-live"[^>]*><title>([^<]*)</title>', svg_element(text, element_id)
+    )
+
+
+def test_served_version_live_distributions_follow_the_traffic(trusted):
+    """The page draws what /predict answered: its histogram of confidences and OOD scores,
+    next to the validation ones in the bundle; nothing live before the first prediction."""
+    app, store = trusted
+    client = app.test_client()
+    validation = store.manifest("mnist", 2)["distributions"]
+    before = section(get(client, "/ui/models").get_data(as_text=True), "mnist-v2")
+    assert f"live 0; validation {validation['confidence']['total']}" in before
+    assert live_bar_tooltips(before, "mnist-v2-live-conf") == []
+    noise = np.random.default_rng(0).uniform(0, 255, (6, 28, 28)).round()
+    answer = client.post("/predict", json={"images": noise.tolist()}).get_json()["predictions"]
+    flagged = sum(p["not_a_digit"] for p in answer)
+    after = section(get(client, "/ui/models").get_data(as_text=True), "mnist-v2")
+    assert f"live 6; validation {validation['confidence']['total']}" in after
+    assert f"Flagged not a digit</dt><dd>live {100 * flagged / 6:.1f}% ({flagged} of 6)" in after
+    live = histogram(np.array([p["confidence"] for p in answer]), CONFIDENCE_BOUNDS)
+    shown = live_bar_tooltips(after, "mnist-v2-live-conf")
+    assert [re.search(r"\((\d+) of 6\)", tip).group(1) for tip in shown] == [
+        str(count) for count in live["counts"]
+    ]
+    assert svg_element(after, "mnist-v2-live-ood").count('class="threshold"') == 1
+
+
+def test_live_distributions_read_the_registry_per_version(trusted):
+    app, _ = trusted
+    client = app.test_client()
+    metrics = app.extensions["convserve"].metrics
+    assert metrics.live_distributions("mnist", 2) == {"confidence": None, "ood_score": None}
+    images = np.random.default_rng(1).uniform(0, 255, (5, 28, 28)).round().tolist()
+    served = client.post("/predict", json={"images": images}).get_json()["predictions"]
+    old = client.post("/predict?version=1", json={"images": images[:2]}).get_json()
+    live = metrics.live_distributions("mnist", 2)
+    assert live["confidence"] == histogram([p["confidence"] for p in served], CONFIDENCE_BOUNDS)
+    assert live["ood_score"] == histogram([p["ood_score"] for p in served], OOD_SCORE_BOUNDS)
+    old_live = metrics.live_distributions("mnist", 1)
+    assert old_live["confidence"]["total"] == len(old["predictions"]) == 2
+    assert old_live["ood_score"] is None, "no detector: no OOD score recorded"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [None, {}, {"test_reliability_before": {"count": [0, 0]}}, {"test_reliability_after": "x"}],
+)
+def test_reliability_diagram_needs_a_bin_to_draw(record):
+    assert reliability_diagram(record, "r", "m") is None
+
+
+def test_distribution_chart_checks_both_histograms():
+    reference = {"le": [0.5, 1.0], "counts": [2, 5, 3], "total": 10}
+    chart = distribution_chart(reference, None, "OOD score", "d", "m", marker=1.0)
+    assert len(chart.reference) == 3 and chart.live == [] and chart.marker_x is not None
+    assert chart.reference[1].tooltip == "OOD score 0.5-1: validation 50.0%"
+    assert chart.y_ticks[-1].label == "60%", "the axis ends at a round share above 50 %"
+    other_bounds = {"le": [0.25, 1.0], "counts": [1, 1, 1], "total": 3}
+    assert distribution_chart(reference, other_bounds, "x", "d", "m").live == []
+    for broken in (None, {"le": [1.0, 0.5], "counts": [1, 1, 1]}, {"le": [1], "counts": [1]}):
+        assert distribution_chart(broken, reference, "x", "d", "m") is None
