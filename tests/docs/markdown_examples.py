@@ -1,6 +1,6 @@
 """The shell examples of the docs, read as the tests run them.
 
-The rule: every fenced ``sh`` block (``bash``, ``shell`` and ``console`` too) in README.md,
+The rule: every fenced ``sh`` block (``bash`` and ``shell`` too) in README.md,
 docs/*.md and model_store/README.md is either run by tests/docs/test_doc_examples.py or
 excused by an HTML comment on the line before its fence saying why::
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tests.support import REPO
 
-SHELL_LANGUAGES = {"sh", "bash", "shell", "console"}
+SHELL_LANGUAGES = {"sh", "bash", "shell"}
 EXCUSE = re.compile(r"^<!--\s*not run:\s*(?P<reason>.*?)\s*-->\s*$")
 HEREDOC = re.compile(r"<<-?\s*'?\"?(?P<word>[A-Za-z_]+)'?\"?")
 CLAIM_START = re.compile(r"^(\{|\[|convserve: error)")

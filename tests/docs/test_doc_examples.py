@@ -4,8 +4,8 @@ example that cannot run here says why in the doc, and nothing else may be left o
 
 Against a real server (gunicorn, the service's own config, a copy of the embedded store,
 ADMIN_TOKEN=s3cret as the docs use) or the servers the examples start themselves, on free
-ports. Training examples use real MNIST when this machine has it; on the tiny generated MNIST
-they run the same commands, but their figures are not compared.
+ports. Training examples use real MNIST when this machine has it; on generated digits
+(tests/docs/conftest.py) they run the same commands, but their figures are not compared.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def test_an_excuse_must_sit_right_before_its_block(tmp_path):
 
 
 @pytest.mark.parametrize("doc", doc_paths(), ids=lambda path: str(path.relative_to(REPO)))
-def test_the_examples_print_what_the_doc_says(doc, shared_server, tmp_path, mnist_dir):
+def test_the_examples_print_what_the_doc_says(doc, shared_server, tmp_path, doc_mnist_dir):
+    mnist_dir = doc_mnist_dir
     blocks = [block for block in shell_blocks(doc) if block.excuse is None]
     if not blocks:
         pytest.skip(f"{doc.name}: every shell example is excused")
