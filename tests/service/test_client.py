@@ -89,14 +89,6 @@ def make_stub_app(received: list, state: dict) -> Flask:
             if any("bad" in name for name in names):
                 return error(400, "invalid_input", "cannot decode the image: not a PNG")
             labels = [label_from_name(name) for name in names]
-            return jsonify(
-                {
-                    "model": {"name": "mnist", "version": version},
-                    "predictions": [
-                        prediction(label, name) for label, name in zip(labels, names, strict=True)
-                    ],
-                }
-            )
         elif request.mimetype == "application/x-npy":
             pixels = np.load(io.BytesIO(request.get_data()), allow_pickle=False)
             record["array"] = pixels
@@ -107,12 +99,11 @@ def make_stub_app(received: list, state: dict) -> Flask:
             labels = [int(np.ravel(image)[0]) % 10 for image in images]
         else:
             return error(415, "unsupported_media_type", f"{request.mimetype} is not supported")
-        return jsonify(
-            {
-                "model": {"name": "mnist", "version": version},
-                "predictions": [prediction(label) for label in labels],
-            }
-        )
+        names = record.get("files") and [name for _, name, _ in record["files"]]
+        answers = [
+            prediction(label, (names or [""] * len(labels))[i]) for i, label in enumerate(labels)
+        ]
+        return jsonify({"model": {"name": "mnist", "version": version}, "predictions": answers})
 
     return app
 
