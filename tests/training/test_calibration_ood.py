@@ -290,8 +290,8 @@ def test_nondigit_set_holds_every_kind_in_mnist_terms():
 
 
 def test_a_conv_network_detector_reads_channel_statistics_and_round_trips(tmp_path):
-    from tests.support.mnist import synthetic_digits
     from training.bundle import build_metadata, input_contract
+    from training.data import synthetic_digits
     from training.network import Network, preset
     from training.posthoc import view_features
 
