@@ -8,9 +8,11 @@
 2. Drawings: non-digits (``training.nondigits``: letters in every installed font and Pillow's
    own, symbols, shapes) brought to MNIST form by the service's own ``normalise_like_mnist``,
    and full-field inputs a JSON client can send (blank pages, noise, textures). Per kind: AUROC
-   against the MNIST test digits for the bundle's detector (Mahalanobis) and the two logit-only
-   alternatives (energy, max softmax), the share flagged at the bundle's threshold, and each
-   method's share of non-digits caught when 95 % of test digits pass.
+   against the MNIST test digits for the bundle's detector (Mahalanobis on two views) and the
+   alternatives (Mahalanobis on the penultimate features alone, fitted here on 10,000 training
+   digits; energy; max softmax), the share flagged at the bundle's threshold, and each
+   method's share of non-digits caught when 95 % of test digits pass. "digit-like" glyphs are
+   reported, not counted in "all".
 3. Photos: the same drawing pipeline as tests/service/test_inputs.py (ink on unevenly lit paper
    or chalk on a board, blur, noise, JPEG) for MNIST test digits and for non-digits (letters,
    symbols, shapes, textures, near-blank pages), decoded by the service's ``pixels_from_image``.
