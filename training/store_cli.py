@@ -189,6 +189,15 @@ def describe_calibration(manifest: dict) -> str:
     )
 
 
+def describe_views(views) -> str:
+    """The detector's views, e.g. ``channel_stats (60) + logits (10)``."""
+    if not isinstance(views, list):
+        return "?"
+    return " + ".join(
+        f"{v.get('name')} ({v.get('features')})" for v in views if isinstance(v, dict)
+    )
+
+
 def describe_detector(manifest: dict) -> list[tuple[str, str]]:
     """The not-a-digit detector's rows for ``models show``: method, threshold, AUROC and
     shares flagged, then one row per kind of built-in non-digit."""
@@ -200,7 +209,7 @@ def describe_detector(manifest: dict) -> list[tuple[str, str]]:
     rows = [
         (
             "not-a-digit",
-            f"{record.get('method')} on {record.get('features')} features; threshold at "
+            f"{record.get('method')} on {describe_views(record.get('views'))}; threshold at "
             f"{format_accuracy(record.get('tpr'))} of validation digits; AUROC "
             f"{auroc if not isinstance(auroc, float) else round(auroc, 4)}; flagged: test digits "
             f"{format_accuracy(metrics.get('ood_test_digits_flagged'))}, non-digits "

@@ -111,7 +111,7 @@ def test_models_show_prints_calibration_and_detector(tmp_path, capsys):
     manifest["metrics"].update(test_ece_uncalibrated=0.02, test_ece=0.004)
     manifest["ood"] = {
         "method": "mahalanobis",
-        "features": 100,
+        "views": [{"name": "channel_stats", "features": 60}, {"name": "logits", "features": 10}],
         "tpr": 0.95,
         "nondigits": {"letters": {"images": 170, "auroc": 0.97, "flagged": 0.8}},
     }
@@ -119,5 +119,5 @@ def test_models_show_prints_calibration_and_detector(tmp_path, capsys):
     assert main(["models", "show", "mnist:1", "--store", str(store.root)]) == 0
     out = capsys.readouterr().out
     assert "temperature 1.250; test ECE 2.00% -> 0.40% (15 bins)" in out
-    assert "mahalanobis on 100 features" in out and "AUROC 0.97" in out
+    assert "mahalanobis on channel_stats (60) + logits (10)" in out and "AUROC 0.97" in out
     assert "letters" in out and "flagged 80.00% of 170" in out

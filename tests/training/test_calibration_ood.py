@@ -310,3 +310,21 @@ def test_a_conv_network_detector_reads_channel_statistics_and_round_trips(tmp_pa
         detector.scores(view_features(network, noise, contract)),
         rtol=1e-6,
     )
+
+
+def test_train_and_models_show_print_the_figures(tiny_mnist_dir, tmp_path, capsys):
+    from convserve.cli import main
+
+    out, store = tmp_path / "cli.npz", tmp_path / "store"
+    options = ["--arch", "mlp", "--epochs", "5", "--batch-size", "20", "--shift", "0"]
+    options += ["--seed", "7", "--val-size", "100", "--quiet", "--out", str(out)]
+    options += ["--publish", "--name", "mnist", "--store", str(store)]
+    assert main(["train", "--data-dir", str(tiny_mnist_dir), *options]) == 0
+    printed = capsys.readouterr().out
+    assert "calibration: temperature " in printed and "accuracy unchanged" in printed
+    assert "not a digit: mahalanobis, threshold at 95% of validation split digits" in printed
+    assert main(["models", "show", "mnist:1", "--store", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "calibration    temperature " in shown and "(15 bins)" in shown
+    assert "not-a-digit    mahalanobis on penultimate (100) + logits (10)" in shown  # an mlp
+    assert "  noise" in shown and "AUROC" in shown
