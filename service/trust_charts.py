@@ -264,7 +264,7 @@ def distribution_chart(
         marker_x = _coordinate(CURVE_LEFT + (bounds.index(marker) + 1) * slot)
     return DistributionChart(
         element_id=element_id,
-        title=f"{what.capitalize()}: live traffic against validation, {label}",
+        title=f"{what[:1].upper()}{what[1:]}: live traffic against validation, {label}",
         description=f"{what} of {total:g} validation images and of {live_total:g} live "
         f"predictions, as shares per bucket.",
         width=CURVE_WIDTH,

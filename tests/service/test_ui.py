@@ -509,6 +509,7 @@ def test_distribution_chart_checks_both_histograms():
     chart = distribution_chart(reference, None, "OOD score", "d", "m", marker=1.0)
     assert len(chart.reference) == 3 and chart.live == [] and chart.marker_x is not None
     assert chart.reference[1].tooltip == "OOD score 0.5-1: validation 50.0%"
+    assert chart.title == "OOD score: live traffic against validation, m"
     assert chart.y_ticks[-1].label == "60%", "the axis ends at a round share above 50 %"
     other_bounds = {"le": [0.25, 1.0], "counts": [1, 1, 1], "total": 3}
     assert distribution_chart(reference, other_bounds, "x", "d", "m").live == []
