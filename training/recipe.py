@@ -172,11 +172,7 @@ def train_and_evaluate(
     splits = split_data(data, classes, val_size=val_size, limit=limit, rng=split_rng)
     network = Network(spec, dtype=np.dtype(dtype), rng=init_rng)
     if progress:
-        print(
-            f"training {spec.get('name', 'custom')} on {len(splits.train)} images "
-            f"(validation {len(splits.val)}, test {len(splits.test)}), classes {class_labels}",
-            file=sys.stderr,
-        )
+        _print_sizes(spec, splits, class_labels)
     warn_if_too_short(config, len(splits.train))
     config = dataclasses.replace(config, class_labels=class_labels)
     result = train(network, splits.train, splits.val, config, train_rng, progress=progress)
@@ -198,6 +194,14 @@ def train_and_evaluate(
     metadata.update(posthoc.metadata)
     return TrainedModel(
         network=network, metadata=metadata, test=test, result=result, arrays=posthoc.arrays
+    )
+
+
+def _print_sizes(spec: dict, splits: Splits, class_labels: list[int]) -> None:
+    print(
+        f"training {spec.get('name', 'custom')} on {len(splits.train)} images "
+        f"(validation {len(splits.val)}, test {len(splits.test)}), classes {class_labels}",
+        file=sys.stderr,
     )
 
 

@@ -297,9 +297,10 @@ def parse_gate(gate: object) -> tuple[str, ...]:
 
 
 def _check_publish_arguments(
-    name: str, alias: str | None, note: str | None, parent_version: int | None
-) -> None:
-    """Refuse bad publish arguments (InvalidName / StoreError) before anything is read."""
+    name: str, alias: str | None, note: str | None, parent_version: int | None, gate: object
+) -> tuple[str, ...]:
+    """Refuse bad publish arguments (InvalidName / StoreError) before anything is read;
+    returns the gate's checks (``parse_gate``)."""
     validate_name(name)
     if alias is not None:
         validate_alias(alias)
@@ -310,6 +311,7 @@ def _check_publish_arguments(
             raise StoreError(f"note must be a string, got {type(note).__name__}")
         if len(note) > MAX_NOTE_CHARS:
             raise StoreError(f"note is {len(note)} characters; at most {MAX_NOTE_CHARS}")
+    return parse_gate(gate)
 
 
 def _read_bundle_file(source: Path) -> bytes:
@@ -677,13 +679,11 @@ class ModelStore:
         probe accuracy and its floor go into the manifest. Its bytes go to a staging directory
         on the same filesystem, the version number is taken under the model's lock and the
         staging directory is renamed into place: concurrent publishers get distinct versions
-        and readers never see a partial version. With ``alias``, the alias moves to the new
-        version through the same regression gate as ``promote`` (unless ``force``), all or
-        nothing: if the gate refuses or any write fails (a full disk), nothing is published
-        and the aliases stay as they were. gate: what the gate compares (``parse_gate``).
+        and readers never see a partial version. With ``alias``, the alias moves through the
+        regression gate of ``promote`` (``gate`` chooses its checks; unless ``force``), all or
+        nothing: if the gate refuses or any write fails, nothing is published.
         """
-        _check_publish_arguments(name, alias, note, parent_version)
-        gate = parse_gate(gate)
+        gate = _check_publish_arguments(name, alias, note, parent_version, gate)
         source = Path(bundle_path)
         data = _read_bundle_file(source)
         digest = hashlib.sha256(data).hexdigest()
