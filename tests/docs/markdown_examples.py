@@ -66,13 +66,13 @@ def shell_blocks(path: Path) -> list[ShellBlock]:
     lines = path.read_text().splitlines()
     blocks, index = [], 0
     while index < len(lines):
-        fence = re.match(r"^(```+|~~~+)\s*(\w*)", lines[index])
+        fence = re.match(r"^ {0,3}(```+|~~~+)\s*(\w*)", lines[index])  # as CommonMark
         if not fence:
             index += 1
             continue
         marker, language = fence.group(1), fence.group(2).lower()
         end = index + 1
-        while end < len(lines) and not lines[end].startswith(marker):
+        while end < len(lines) and not lines[end].lstrip().startswith(marker):
             end += 1
         if language in SHELL_LANGUAGES:
             previous = next((lines[i] for i in range(index - 1, -1, -1) if lines[i].strip()), "")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.docs.doc_runner import claim_holds, server_command
-from tests.docs.markdown_examples import commands, split_comment
+from tests.docs.markdown_examples import commands, shell_blocks, split_comment
 
 
 def test_a_block_splits_into_commands_with_their_claims():
@@ -64,3 +64,10 @@ def test_a_server_command_moves_to_the_test_port(tmp_path):
     moved = server_command(".venv/bin/convserve serve --port 8000 --workers 2", tmp_path, 9001)
     assert moved == ".venv/bin/convserve serve --port 9001 --workers 2"
     assert server_command("curl -s localhost:8000/", tmp_path, 9001) is None
+
+
+def test_an_indented_fence_is_a_block_too(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("* a list item:\n\n   ```sh\n   curl -s localhost:8000/healthz\n   ```\n")
+    (block,) = shell_blocks(doc)
+    assert block.excuse is None and "curl" in block.text
