@@ -249,6 +249,20 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- training
+@dataclass
+class _Run:
+    """What one training run carries from step to step."""
+
+    network: Network
+    config: TrainConfig
+    contract: dict
+    train_targets: np.ndarray
+    optimizer: object
+    schedule: object
+    params: dict
+    step: int = 0
+
+
 # A diverging run overflows before its loss turns NaN; the finiteness checks in the loop report
 # that with a clear message, so numpy's overflow warnings would only be noise.
 @np.errstate(over="ignore", invalid="ignore")
@@ -269,6 +283,49 @@ def train(
     summary line per epoch on stderr.
     Raises TrainingDiverged on a NaN/inf loss and TrainingConfigError on impossible settings.
     """
+    class_labels = _checked_class_labels(network, config, train_ds)
+    has_val = val_ds is not None and len(val_ds.labels) > 0
+    val_targets = class_indices(val_ds.labels, class_labels) if has_val else None
+    run = _start_run(network, config, train_ds, class_labels)
+    result = TrainResult(network=network, contract=run.contract, class_labels=class_labels)
+    best_key: tuple[float, float] | None = None
+    best_state: dict[str, np.ndarray] | None = None
+    epochs_without_improvement = 0
+    run_start = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        record = _train_epoch(run, train_ds, epoch, rng, progress)
+        if has_val:
+            _validate(run, val_ds, val_targets, record)
+        record["seconds"] = time.perf_counter() - epoch_start
+        result.history.append(record)
+        if progress:
+            print(_epoch_line(record, config.epochs), file=sys.stderr, flush=True)
+        # Best = highest validation accuracy, ties broken by lower validation loss.
+        key = (record["val_accuracy"], -record["val_loss"]) if has_val else (epoch, 0.0)
+        if best_key is None or key > best_key:
+            best_key, best_state = key, _snapshot(network, epoch, run.optimizer.lr)
+            result.best_epoch = epoch
+            result.val_accuracy, result.val_loss = record["val_accuracy"], record["val_loss"]
+            epochs_without_improvement = 0
+            continue
+        epochs_without_improvement += 1
+        if config.patience and epochs_without_improvement >= config.patience:
+            result.stopped_early = True
+            if progress:
+                print(
+                    f"early stop: no better validation accuracy for {config.patience} "
+                    f"epochs; keeping epoch {result.best_epoch}",
+                    file=sys.stderr,
+                )
+            break
+    network.load_state(best_state)
+    result.seconds = time.perf_counter() - run_start
+    return result
+
+
+def _checked_class_labels(network: Network, config: TrainConfig, train_ds) -> list[int]:
+    """The digits the outputs stand for; TrainingConfigError for an impossible setting."""
     config.validate()
     num_classes = network.spec["num_classes"]
     class_labels = (
@@ -278,111 +335,95 @@ def train(
         raise TrainingConfigError(
             f"{len(class_labels)} class labels for a {num_classes}-class network"
         )
-    count = len(train_ds.labels)
-    if count == 0:
+    if len(train_ds.labels) == 0:
         raise TrainingConfigError("the training set is empty")
-    has_val = val_ds is not None and len(val_ds.labels) > 0
-    train_targets = class_indices(train_ds.labels, class_labels)
-    val_targets = class_indices(val_ds.labels, class_labels) if has_val else None
-    contract = training_contract(train_ds.images)
+    return class_labels
 
+
+def _start_run(network: Network, config: TrainConfig, train_ds, class_labels) -> _Run:
+    count = len(train_ds.labels)
     steps_per_epoch = config.steps_per_epoch(count)
-    optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay)
-    schedule = make_schedule(
-        config.schedule, config.lr, config.epochs * steps_per_epoch, steps_per_epoch
+    return _Run(
+        network=network,
+        config=config,
+        contract=training_contract(train_ds.images),
+        train_targets=class_indices(train_ds.labels, class_labels),
+        optimizer=make_optimizer(config.optimizer, config.lr, config.weight_decay),
+        schedule=make_schedule(
+            config.schedule, config.lr, config.epochs * steps_per_epoch, steps_per_epoch
+        ),
+        params=network.params(),  # live arrays: the optimizer updates them in place
     )
-    params = network.params()  # live arrays: the optimizer updates them in place
+
+
+def _train_epoch(run: _Run, train_ds, epoch: int, rng: np.random.Generator, progress: bool):
+    """One pass over a fresh permutation of the training set -> the epoch's record (training
+    figures; validation figures None until ``_validate``)."""
+    config, network, optimizer = run.config, run.network, run.optimizer
+    count = len(train_ds.labels)
     dtype = network.dtype.type
-    result = TrainResult(network=network, contract=contract, class_labels=class_labels)
-    best_key: tuple[float, float] | None = None
-    best_state: dict[str, np.ndarray] | None = None
-    epochs_without_improvement = 0
-    run_start = time.perf_counter()
-    step = 0
+    order = rng.permutation(count)
+    loss_sum, correct = 0.0, 0
+    bar = tqdm(
+        total=count,
+        desc=f"epoch {epoch}/{config.epochs}",
+        unit="img",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    with bar:
+        for start in range(0, count, config.batch_size):
+            batch = order[start : start + config.batch_size]
+            pixels = train_ds.images[batch]
+            if config.shift:
+                pixels = random_shift(pixels, config.shift, rng)
+            targets = run.train_targets[batch]
+            logits = network.forward(normalise(pixels, run.contract, dtype), train=True)
+            loss = network.loss_layer.forward(logits, targets)
+            optimizer.lr = run.schedule(run.step)
+            _check_finite(loss, f"at epoch {epoch}, step {run.step + 1}", optimizer.lr)
+            optimizer.step(run.params, network.backward())
+            run.step += 1
+            loss_sum += loss * len(batch)
+            correct += int((predicted_indices(logits) == targets).sum())
+            bar.update(len(batch))
+            if run.step % 25 == 0:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / count,
+        "train_accuracy": correct / count,
+        "val_loss": None,
+        "val_accuracy": None,
+        "lr": optimizer.lr,
+        "seconds": 0.0,
+    }
 
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        order = rng.permutation(count)
-        loss_sum, correct = 0.0, 0
-        bar = tqdm(
-            total=count,
-            desc=f"epoch {epoch}/{config.epochs}",
-            unit="img",
-            unit_scale=True,
-            file=sys.stderr,
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
+
+def _validate(run: _Run, val_ds, val_targets: np.ndarray, record: dict) -> None:
+    """The validation loss and accuracy into ``record``."""
+    num_classes = run.network.spec["num_classes"]
+    confusion, val_loss_sum = _confusion_counts(
+        run.network, val_ds.images, val_targets, run.contract, num_classes,
+        run.config.eval_batch_size,
+    )  # fmt: skip
+    record["val_loss"] = val_loss_sum / len(val_targets)
+    record["val_accuracy"] = float(np.trace(confusion) / len(val_targets))
+    where = f"on validation after epoch {record['epoch']}"
+    _check_finite(record["val_loss"], where, run.optimizer.lr)
+
+
+def _snapshot(network: Network, epoch: int, lr: float) -> dict[str, np.ndarray]:
+    """A copy of the weights of a new best epoch; TrainingDiverged if any is not finite."""
+    if not all(np.isfinite(value).all() for value in network.state().values()):
+        raise TrainingDiverged(
+            f"training diverged: the weights hold NaN or infinity after epoch {epoch} "
+            f"(learning rate {lr:.3g}); try a smaller --lr; nothing was written"
         )
-        with bar:
-            for start in range(0, count, config.batch_size):
-                batch = order[start : start + config.batch_size]
-                pixels = train_ds.images[batch]
-                if config.shift:
-                    pixels = random_shift(pixels, config.shift, rng)
-                targets = train_targets[batch]
-                logits = network.forward(normalise(pixels, contract, dtype), train=True)
-                loss = network.loss_layer.forward(logits, targets)
-                optimizer.lr = schedule(step)
-                _check_finite(loss, f"at epoch {epoch}, step {step + 1}", optimizer.lr)
-                optimizer.step(params, network.backward())
-                step += 1
-                loss_sum += loss * len(batch)
-                correct += int((predicted_indices(logits) == targets).sum())
-                bar.update(len(batch))
-                if step % 25 == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-        record = {
-            "epoch": epoch,
-            "train_loss": loss_sum / count,
-            "train_accuracy": correct / count,
-            "val_loss": None,
-            "val_accuracy": None,
-            "lr": optimizer.lr,
-            "seconds": 0.0,
-        }
-        if has_val:
-            confusion, val_loss_sum = _confusion_counts(
-                network, val_ds.images, val_targets, contract, num_classes, config.eval_batch_size
-            )
-            record["val_loss"] = val_loss_sum / len(val_targets)
-            record["val_accuracy"] = float(np.trace(confusion) / len(val_targets))
-            _check_finite(record["val_loss"], f"on validation after epoch {epoch}", optimizer.lr)
-        record["seconds"] = time.perf_counter() - epoch_start
-        result.history.append(record)
-        if progress:
-            print(_epoch_line(record, config.epochs), file=sys.stderr, flush=True)
-
-        # Best = highest validation accuracy, ties broken by lower validation loss.
-        key = (record["val_accuracy"], -record["val_loss"]) if has_val else (epoch, 0.0)
-        if best_key is None or key > best_key:
-            if not all(np.isfinite(value).all() for value in network.state().values()):
-                raise TrainingDiverged(
-                    f"training diverged: the weights hold NaN or infinity after epoch {epoch} "
-                    f"(learning rate {optimizer.lr:.3g}); try a smaller --lr; nothing was written"
-                )
-            best_key = key
-            best_state = {name: value.copy() for name, value in network.state().items()}
-            result.best_epoch = epoch
-            result.val_accuracy = record["val_accuracy"]
-            result.val_loss = record["val_loss"]
-            epochs_without_improvement = 0
-        else:
-            epochs_without_improvement += 1
-            if config.patience and epochs_without_improvement >= config.patience:
-                result.stopped_early = True
-                if progress:
-                    print(
-                        f"early stop: no better validation accuracy for {config.patience} "
-                        f"epochs; keeping epoch {result.best_epoch}",
-                        file=sys.stderr,
-                    )
-                break
-
-    network.load_state(best_state)
-    result.seconds = time.perf_counter() - run_start
-    return result
+    return {name: value.copy() for name, value in network.state().items()}
 
 
 def _epoch_line(record: dict, epochs: int) -> str:
