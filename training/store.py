@@ -256,6 +256,21 @@ def _is_abandoned(directory: Path) -> bool:
         os.close(fd)
 
 
+def _file_record(
+    digest: str, size: int, source: str, note: str | None, parent_version: int | None
+) -> dict:
+    """The manifest's record of the published file and of the publish itself."""
+    return {
+        "sha256": digest,
+        "size": size,
+        "created": _now(),
+        "note": note,
+        "parent_version": parent_version,
+        "source": source,
+        "convserve_version": __version__,
+    }
+
+
 def _metric_number(manifest: dict, key: str = "test_accuracy") -> float | None:
     value = (manifest.get("metrics") or {}).get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -702,13 +717,7 @@ class ModelStore:
                     "format_version": MANIFEST_FORMAT,
                     "name": name,
                     "version": version,
-                    "sha256": digest,
-                    "size": len(data),
-                    "created": _now(),
-                    "note": note,
-                    "parent_version": parent_version,
-                    "source": source.name,
-                    "convserve_version": __version__,
+                    **_file_record(digest, len(data), source.name, note, parent_version),
                     **summary,
                 }
                 forced = self._publish_gate(name, manifest, alias, force, gate)
