@@ -182,19 +182,25 @@ def train_and_evaluate(
     )
     run = {"seed": seed, "limit": limit, "dtype": np.dtype(dtype).name}
     run["arch"] = arch if arch is not None else spec.get("name", "custom")
+    metadata = _bundle_metadata(network, data, spec, config, splits, result, test, posthoc, run)
+    return TrainedModel(
+        network=network, metadata=metadata, test=test, result=result, arrays=posthoc.arrays
+    )
+
+
+def _bundle_metadata(network, data, spec, config, splits, result, test, posthoc, run) -> dict:
+    """Everything the bundle records: the run, its figures, calibration and detector."""
     metadata = build_metadata(
         network,
         contract=result.contract,
-        class_labels=class_labels,
+        class_labels=result.class_labels,
         training=_training_record(spec, config, splits, result, run),
         metrics=_metrics_record(test, result, posthoc),
         data_fingerprint=data.fingerprint,
         history=result.history,
     )
     metadata.update(posthoc.metadata)
-    return TrainedModel(
-        network=network, metadata=metadata, test=test, result=result, arrays=posthoc.arrays
-    )
+    return metadata
 
 
 def _print_sizes(spec: dict, splits: Splits, class_labels: list[int]) -> None:
