@@ -46,21 +46,11 @@ BATCH = 100
 MOMENTUM, PEAK_LR, WEIGHT_DECAY = 0.9, 0.1, 5e-3
 
 
-def torch_loop(data_dir: str, epochs: int, threads: int | None) -> dict:
-    """Train the PyTorch twin of SimpleConvNet like the CLI does (no augmentation) and return
-    per-epoch seconds, the test accuracy and the thread count."""
-    import numpy as np
+def torch_twin():
+    """(SimpleConvNet in PyTorch, momentum SGD with decay on the weights only): the CLI's
+    network and optimizer."""
     import torch
 
-    from training.data import load_mnist, pixel_statistics
-    from training.optimizers import OneCycleSchedule
-
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    data = load_mnist(data_dir)
-    images, labels = data.train.images, torch.from_numpy(data.train.labels.astype(np.int64))
-    mean, std = pixel_statistics(images)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(1, 30, 5),
         torch.nn.ReLU(),
@@ -77,6 +67,25 @@ def torch_loop(data_dir: str, epochs: int, threads: int | None) -> dict:
         lr=PEAK_LR,
         momentum=MOMENTUM,
     )
+    return model, optimizer
+
+
+def torch_loop(data_dir: str, epochs: int, threads: int | None) -> dict:
+    """Train the PyTorch twin of SimpleConvNet like the CLI does (no augmentation) and return
+    per-epoch seconds, the test accuracy and the thread count."""
+    import numpy as np
+    import torch
+
+    from training.data import load_mnist, pixel_statistics
+    from training.optimizers import OneCycleSchedule
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    data = load_mnist(data_dir)
+    images, labels = data.train.images, torch.from_numpy(data.train.labels.astype(np.int64))
+    mean, std = pixel_statistics(images)
+    model, optimizer = torch_twin()
     steps_per_epoch = -(-len(images) // BATCH)
     schedule = OneCycleSchedule(PEAK_LR, epochs * steps_per_epoch)
 
