@@ -69,7 +69,7 @@ def test_hostile_bodies_get_a_json_4xx(server, case):
     )
     assert response.status_code == status, response.text[:300]
     assert response.headers["Content-Type"] == "application/json"
-    assert server.worker_pids() == workers
+    assert set(workers) <= set(server.worker_pids())  # no worker died (one may still be booting)
 
 
 def test_a_chunked_body_over_the_limit_is_413(server):
