@@ -65,28 +65,34 @@ class Series:
     dots: list[Dot]
 
 
-@dataclass(frozen=True)
-class LearningCurve:
-    """A line chart, ``width`` x ``height`` units; the plot area spans ``left``..``right``
-    and ``top``..``bottom``; ``y_ticks`` are grid lines with value labels, ``x_ticks``
-    epochs."""
+@dataclass(frozen=True, kw_only=True)
+class PlotFrame:
+    """What every line and bar chart of the models view shares: its id, title and
+    description (for screen readers), a ``width`` x ``height`` view box with the plot area
+    spanning ``left``..``right`` and ``top``..``bottom``, and the ticks along each axis."""
 
     element_id: str
     title: str
     description: str
-    width: int
-    height: int
-    left: int
-    right: int
-    top: int
-    bottom: int
-    y_ticks: list[Tick]
     x_ticks: list[Tick]
-    series: list[Series]
+    y_ticks: list[Tick]
+    width: int = CURVE_WIDTH
+    height: int = CURVE_HEIGHT
+    left: int = CURVE_LEFT
+    right: int = CURVE_RIGHT
+    top: int = CURVE_TOP
+    bottom: int = CURVE_BOTTOM
 
     @property
     def centre_x(self) -> float:
         return (self.left + self.right) / 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearningCurve(PlotFrame):
+    """A line chart: ``y_ticks`` are grid lines with value labels, ``x_ticks`` epochs."""
+
+    series: list[Series]
 
 
 def _nice_step(span: float, count: int) -> float:
@@ -216,12 +222,6 @@ def learning_curve(history, metric: str, element_id: str, label: str) -> Learnin
         element_id=element_id,
         title=f"Learning curve: {metric} per epoch, {label}",
         description="; ".join(described) + ".",
-        width=CURVE_WIDTH,
-        height=CURVE_HEIGHT,
-        left=CURVE_LEFT,
-        right=CURVE_RIGHT,
-        top=CURVE_TOP,
-        bottom=CURVE_BOTTOM,
         y_ticks=y_ticks,
         x_ticks=x_ticks,
         series=series,

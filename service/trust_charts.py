@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 from service.charts import (
     CURVE_BOTTOM,
-    CURVE_HEIGHT,
     CURVE_LEFT,
     CURVE_RIGHT,
     CURVE_TOP,
-    CURVE_WIDTH,
     Dot,
+    PlotFrame,
     Series,
     Tick,
     is_number,
@@ -59,29 +58,14 @@ def _share_ticks(scale_top: float = 1.0) -> list[Tick]:
 # ---------------------------------------------------------------------------------- reliability
 
 
-@dataclass(frozen=True)
-class ReliabilityDiagram:
+@dataclass(frozen=True, kw_only=True)
+class ReliabilityDiagram(PlotFrame):
     """Accuracy against mean confidence per confidence bin, on the test split; the diagonal
     is perfect calibration. The plot spans ``left``..``right`` (confidence 0..1) and
     ``bottom``..``top`` (accuracy 0..1); ``series`` are "before" and "after" (CSS classes
     ``line-before``, ``dot-after``, ...)."""
 
-    element_id: str
-    title: str
-    description: str
-    width: int
-    height: int
-    left: int
-    right: int
-    top: int
-    bottom: int
-    x_ticks: list[Tick]
-    y_ticks: list[Tick]
     series: list[Series]
-
-    @property
-    def centre_x(self) -> float:
-        return (self.left + self.right) / 2
 
 
 def _reliability_points(table) -> list[tuple[float, float, int]]:
@@ -133,12 +117,6 @@ def reliability_diagram(record, element_id: str, label: str) -> ReliabilityDiagr
         title=f"Reliability diagram on the test set, {label}",
         description="Accuracy against confidence; on the diagonal, confidence is "
         "accuracy. " + "; ".join(described) + ".",
-        width=CURVE_WIDTH,
-        height=CURVE_HEIGHT,
-        left=CURVE_LEFT,
-        right=CURVE_RIGHT,
-        top=CURVE_TOP,
-        bottom=CURVE_BOTTOM,
         x_ticks=[Tick(_coordinate(_x(t)), _coordinate(_x(t)), f"{100 * t:g}%") for t in ticks_at],
         y_ticks=ticks,
         series=series,
@@ -158,33 +136,18 @@ class Bar:
     tooltip: str
 
 
-@dataclass(frozen=True)
-class DistributionChart:
+@dataclass(frozen=True, kw_only=True)
+class DistributionChart(PlotFrame):
     """Two histograms on the same buckets, as shares of their totals, side by side per
     bucket: ``reference`` (validation, CSS class ``bar-reference``) and ``live``
     (``bar-live``, empty when nothing was observed). ``marker_x`` is a dashed line at a
     bucket edge worth marking (the OOD threshold, 1.0), or None."""
 
-    element_id: str
-    title: str
-    description: str
-    width: int
-    height: int
-    left: int
-    right: int
-    top: int
-    bottom: int
     bar_width: float
-    y_ticks: list[Tick]
-    x_ticks: list[Tick]
     reference: list[Bar]
     live: list[Bar]
     marker_x: float | None
     axis_label: str
-
-    @property
-    def centre_x(self) -> float:
-        return (self.left + self.right) / 2
 
 
 def checked_histogram(histogram) -> tuple[list[float], list[float], float] | None:
@@ -267,12 +230,6 @@ def distribution_chart(
         title=f"{what[:1].upper()}{what[1:]}: live traffic against validation, {label}",
         description=f"{what} of {total:g} validation images and of {live_total:g} live "
         f"predictions, as shares per bucket.",
-        width=CURVE_WIDTH,
-        height=CURVE_HEIGHT,
-        left=CURVE_LEFT,
-        right=CURVE_RIGHT,
-        top=CURVE_TOP,
-        bottom=CURVE_BOTTOM,
         bar_width=width,
         y_ticks=_share_ticks(top),
         x_ticks=x_ticks,
