@@ -51,15 +51,9 @@ def torch_twin():
     network and optimizer."""
     import torch
 
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 30, 5),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4320, 100),
-        torch.nn.ReLU(),
-        torch.nn.Linear(100, 10),
-    )
+    from benchmarks.train_step_worker import torch_architecture
+
+    model = torch_architecture()
     weights = [p for p in model.parameters() if p.ndim >= 2]
     biases = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.SGD(

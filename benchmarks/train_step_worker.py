@@ -98,11 +98,12 @@ def ours(x: np.ndarray, labels: np.ndarray) -> dict:
     return {"train_step": step_times, "phases": phases, "inference": inference}
 
 
-def torch_model(network: Network):
-    """The same architecture and weights as ``network`` (SimpleConvNet) in PyTorch."""
+def torch_architecture():
+    """SimpleConvNet in PyTorch (conv 30@5x5 -> ReLU -> pool 2x2 -> 100 -> ReLU -> 10), with
+    PyTorch's own initial weights."""
     import torch
 
-    model = torch.nn.Sequential(
+    return torch.nn.Sequential(
         torch.nn.Conv2d(1, 30, 5),
         torch.nn.ReLU(),
         torch.nn.MaxPool2d(2),
@@ -111,6 +112,13 @@ def torch_model(network: Network):
         torch.nn.ReLU(),
         torch.nn.Linear(100, 10),
     )
+
+
+def torch_model(network: Network):
+    """The same architecture and weights as ``network`` (SimpleConvNet) in PyTorch."""
+    import torch
+
+    model = torch_architecture()
     params = network.params()
     with torch.no_grad():
         model[0].weight.copy_(torch.from_numpy(params["conv1.W"]))
