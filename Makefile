@@ -9,13 +9,14 @@ HOST   ?= 127.0.0.1
 TOOLS  := .venv-tools
 TOOLS_BIN := $(TOOLS)/bin
 
-.PHONY: serve test lint train bench browser nginx tools lock clean help
+.PHONY: serve test lint train bench bench-peers browser nginx tools lock clean help
 
 help:
 	@echo "make serve   - create .venv, install, serve the embedded model on http://$(HOST):$(PORT)"
 	@echo "make test    - create .venv with dev extras, run the whole suite"
 	@echo "make train   - train SimpleConvNet on MNIST and publish it to $(STORE) as 'mnist' (alias staging)"
 	@echo "make bench   - run the benchmarks (installs the optional torch extra)"
+	@echo "make bench-peers - convserve's HTTP front against KServe and FastAPI (.venv-peers)"
 	@echo "make lint    - ruff"
 	@echo "make lock    - regenerate requirements.lock (+ requirements-build.lock) from pyproject.toml, with hashes"
 	@echo "make tools   - .venv-tools: checkov, kubernetes-validate, pip-tools (the deploy checks use them)"
@@ -86,5 +87,10 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/serve_breakdown.py
 
+# Not part of `make test`: ~10 minutes of load on the machine. The peers (KServe, FastAPI +
+# uvicorn) go into their own venv, .venv-peers, created by the script on first use.
+bench-peers: $(VENV)/.installed-base
+	$(BIN)/python benchmarks/peers.py $(PEERS_ARGS)
+
 clean:
-	rm -rf $(VENV) $(TOOLS) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .venv-peers build dist *.egg-info .pytest_cache .ruff_cache

@@ -186,7 +186,11 @@ def parse_wrk(output: str) -> dict:
     return result
 
 
-def run_wrk(url: str, concurrency: int, duration: float, script: Path | None) -> dict:
+def run_wrk(
+    url: str, concurrency: int, duration: float, script: Path | None, headers: tuple = ()
+) -> dict:
+    """wrk's figures for one run (``parse_wrk``); ``headers`` are extra request headers, e.g.
+    ``("Connection: close",)`` for clients that open a connection per request."""
     threads = min(concurrency, 2)
     command = [
         "wrk",
@@ -200,6 +204,8 @@ def run_wrk(url: str, concurrency: int, duration: float, script: Path | None) ->
         "--timeout",
         "5s",
     ]
+    for header in headers:
+        command += ["-H", header]
     if script is not None:
         command += ["-s", str(script)]
     output = subprocess.run(

@@ -6,16 +6,23 @@ LOG_LEVEL (gunicorn's own log level too), PROMETHEUS_MULTIPROC_DIR (default: a f
 directory, removed at exit; a given one is created if missing and emptied at master start),
 DRAIN_SECONDS (default 5: how long readiness fails after SIGTERM before the server stops
 accepting; see service/draining.py), GRACEFUL_TIMEOUT (default 20: seconds the workers get to
-finish the requests in hand and queued once the listener is closed).
+finish the requests in hand and queued once the listener is closed), KEEPALIVE (default 5:
+seconds an idle kept-alive connection stays open), HEADER_TIMEOUT (default 10) and BODY_TIMEOUT
+(default 30): seconds a request's headers, then its body, may take to arrive before the answer
+is 408 (read by service/front.py).
 The app reads its own settings (MODEL_STORE, ...) from the same environment; see
 docs/SERVING.md.
 
 Why these choices:
 
-* sync workers (service/draining.py's DrainingSyncWorker: answers the queued connections
-  before it exits): one request at a time per process, connections closed after each response.
-  gthread workers were faster on a no-op route but twice collapsed 3.5x when one worker took
-  all keep-alive connections; sync stayed stable.
+* one worker process per core, each service/front.py's FrontWorker: a gevent event loop that
+  keeps HTTP/1.1 connections alive, gives every connection its turn, spreads connections
+  evenly over the workers, reads slow requests without holding the process, and answers the
+  queued connections before it exits; the app runs one request at a time per process, as
+  before. Measured against sync, gthread and gevent workers in docs/BENCHMARKS.md ("The HTTP
+  front"): sync workers pay a connection per request and stop on 4 slow clients; gthread
+  collapses when one worker holds the connections; gunicorn's gevent worker serves a few
+  connections over and over.
 * one BLAS thread per worker: the workers are the parallelism; BLAS threads on top only fight
   over the same cores. Set here, in the master, before the app (and numpy) is imported.
 * the app is preloaded: the master imports it and loads + verifies the model once, then
@@ -91,7 +98,10 @@ def _default_workers() -> int:
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WORKERS") or _default_workers())
-worker_class = "service.draining.DrainingSyncWorker"
+worker_class = "service.front.FrontWorker"
+# Connections one worker holds at most (idle kept-alive and slow ones included).
+worker_connections = 1000
+keepalive = int(os.environ.get("KEEPALIVE") or 5)
 timeout = 30
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT") or 20)
 preload_app = True

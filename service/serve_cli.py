@@ -57,10 +57,11 @@ def register(subparsers) -> None:
         "serve",
         help="serve a model from the store over HTTP (gunicorn)",
         description=(
-            "Serve MODEL@ALIAS from the store with gunicorn (sync workers, one per core by "
-            "default). New versions and alias moves are picked up while running. Other "
-            "settings (ADMIN_TOKEN, MAX_BATCH, MAX_CONTENT_LENGTH, MAX_IMAGE_PIXELS, "
-            "LOG_LEVEL) come from the environment; see docs/SERVING.md."
+            "Serve MODEL@ALIAS from the store with gunicorn (one worker process per core by "
+            "default, connections kept alive). New versions and alias moves are picked up "
+            "while running. Other settings (ADMIN_TOKEN, MAX_BATCH, MAX_CONTENT_LENGTH, "
+            "MAX_IMAGE_PIXELS, LOG_LEVEL, KEEPALIVE, ...) come from the environment; see "
+            "docs/SERVING.md."
         ),
     )
     parser.add_argument(

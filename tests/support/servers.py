@@ -31,9 +31,13 @@ def free_port() -> int:
 
 class GunicornServer:
     """``gunicorn -c service/gunicorn.conf.py 'service.app:create_app()'`` run as the container
-    runs it, from the repository root, stopped with SIGTERM."""
+    runs it, from the repository root, stopped with SIGTERM. ``app`` is another WSGI app spec
+    for the same config (a test app around the service)."""
 
-    def __init__(self, store: Path, log_path: Path, **settings: str):
+    def __init__(
+        self, store: Path, log_path: Path, app: str = "service.app:create_app()", **settings: str
+    ):
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -55,8 +59,7 @@ class GunicornServer:
         meant to stay unready: see ``start_unready``)."""
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py"]
-                + ["service.app:create_app()"],
+                [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", self.app],
                 cwd=REPO,
                 env=self.env,
                 stdout=log,
@@ -65,6 +68,7 @@ class GunicornServer:
             )
         try:
             wait_until_ready(self.url, self.process, self.log_path, timeout, probe)
+            self.wait_for_workers(timeout)
         except AssertionError:
             self.stop()  # never leave a server that did not come up running
             raise
@@ -98,6 +102,15 @@ class GunicornServer:
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return sorted(int(pid) for pid in children.read_text().split())
+
+    def wait_for_workers(self, timeout: float) -> None:
+        """Until all WORKERS are forked: the first one answers /readyz while the master may
+        still be forking the others."""
+        for _ in range(int(timeout / 0.05) + 1):
+            if len(self.worker_pids()) >= int(self.env["WORKERS"]):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"fewer than {self.env['WORKERS']} workers: {self.worker_pids()}")
 
 
 def wait_until_ready(

@@ -1,0 +1,505 @@
+"""The HTTP front: the gunicorn worker class that serves the app (``FrontWorker``).
+
+One process per core, each an event loop (gevent) that holds many connections and runs the
+WSGI app for one request at a time:
+
+* **keep-alive**: HTTP/1.1 connections stay open between requests (``KEEPALIVE`` seconds idle),
+  so a client's connection pool does not pay a TCP handshake per request.
+* **fair turns**: after each response the connection goes back to the event loop and waits
+  for its next request like every other connection, even when that request is already there,
+  and the connections whose requests are waiting are served in the order those requests
+  arrived (``TurnQueue``): every connection is served once per round, at the same place in
+  it. gunicorn's own gevent worker reads the next request at once when it has arrived, and a
+  client that answers quickly is served over and over while the others wait (p50 0.9 ms, p99
+  over a second); and libev alone serves the connections of one round last-ready-first, which
+  makes a connection ready early in one round wait for that round and the whole next one.
+* **accepting when free, balanced**: a worker takes a new connection when it has nothing else
+  to do, one at a time, so that a connection waits in the kernel's queue (where it survives a
+  worker that dies) rather than behind a busy worker's requests. A worker holding more
+  connections than another leaves each such connection to the less loaded worker for
+  ``BALANCE_GRACE_S`` first (counts shared between the processes). When kept-alive clients
+  keep every worker busy for ``ACCEPT_GRACE_S``, a worker takes its fair share of the queue at
+  once (the kernel says how many wait): a client pool opening 64 connections is spread evenly
+  in a round or two, not accepted one per turn of the event loop.
+* **slow clients cost no worker**: reading a request never blocks the process, only the
+  connection's own greenlet; the request line and headers must arrive within
+  ``HEADER_TIMEOUT`` seconds, and the body within ``BODY_TIMEOUT`` seconds of the headers,
+  else the answer is 408 and the connection is closed.
+* **one write per answer**: a response's head and body leave in one system call
+  (``ResponseBuffer``), not two.
+* **graceful stop**: on SIGTERM the worker stops taking connections, answers every connection
+  already queued on the listening socket (the kernel's accept backlog) and every request in
+  hand with ``Connection: close``, closes kept-alive connections once idle, then exits
+  (service/draining.py runs the drain around it).
+
+The WSGI app runs unpatched (no monkey-patching): only the sockets of this module cooperate.
+The app's own threads (the store poller) stay real threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+import gevent
+from gevent import socket as gsocket
+from gevent.hub import Waiter
+from gevent.pool import Pool
+from gunicorn import http, util
+from gunicorn.workers.ggevent import GeventWorker
+from werkzeug.exceptions import RequestTimeout
+
+# A worker that stays busy this long with connections queued takes its share of them; one that
+# turns out free within IDLE_CHECK_S after that (its long request just ended) takes one.
+ACCEPT_GRACE_S = 0.02
+IDLE_CHECK_S = 0.002
+# A worker holding more connections than another leaves a new one to the less loaded worker
+# for this long; if it is still queued then, that worker is busy.
+BALANCE_GRACE_S = 0.005
+# How long a stopping worker keeps an idle kept-alive connection open for a request a client
+# may already be sending (answered with "Connection: close").
+STOP_KEEPALIVE_LINGER_S = 2.0
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {text!r}")
+    return value
+
+
+def queued(listener) -> int:
+    """How many connections wait in the listening socket's accept queue (Linux: TCP_INFO's
+    unacked field of a listening socket); 1 where that cannot be known."""
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        return struct.unpack_from("I", info, 24)[0]
+    except (OSError, AttributeError, struct.error):
+        return 1
+
+
+def until_idle(timeout: float) -> bool:
+    """Wait until the event loop has nothing else to do (True), at most ``timeout`` (False)."""
+    with gevent.Timeout(timeout, False):
+        gevent.idle()
+        return True
+    return False
+
+
+def close(client, linger: str) -> None:
+    """Close a client connection. Closing while the client still sends makes the kernel answer
+    with a reset, which can destroy the response in flight; lingering sends FIN first and reads
+    what comes, up to 2 s (gunicorn's ``close_graceful``, RFC 9112 section 9.6). ``linger``:
+    "always" (an error, a timeout: the client may be mid-request), "if unread" (an answered
+    request: only if the client has sent more already, so a worker does not hold a finished
+    connection while its client reads), or "never" (an idle connection)."""
+    if linger == "if unread":
+        poller = select.poll()
+        poller.register(client.fileno(), select.POLLIN)
+        linger = "always" if poller.poll(0) else "never"
+    if linger == "always":
+        util.close_graceful(client)
+    else:
+        util.close(client)
+
+
+class ReadTimedOut(RequestTimeout):
+    """A request's headers or body did not arrive in time (408). Raised inside the app when the
+    body is late, so the app answers it as JSON like any other client error."""
+
+    def __init__(self, what: str, seconds: float):
+        super().__init__(f"the request {what} did not arrive within {seconds:g} s")
+
+
+class DeadlineSocket:
+    """The client socket as the request parser reads it: every read ends by ``deadline``
+    (``time.monotonic()``), whatever the client's pace; then ``ReadTimedOut``."""
+
+    __slots__ = ("sock", "deadline", "what", "seconds")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.deadline = float("inf")
+        self.what = "headers"
+        self.seconds = 0.0
+
+    def start(self, what: str, seconds: float) -> None:
+        self.what, self.seconds = what, seconds
+        self.deadline = time.monotonic() + seconds
+
+    def recv(self, size: int) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise ReadTimedOut(self.what, self.seconds)
+        self.sock.settimeout(remaining)
+        try:
+            return self.sock.recv(size)
+        except TimeoutError:  # socket.timeout
+            raise ReadTimedOut(self.what, self.seconds) from None
+
+    # gunicorn's body drain bounds its reads with these; the deadline already does.
+    def settimeout(self, _timeout) -> None:
+        pass
+
+    def gettimeout(self) -> None:
+        return None
+
+
+class ResponseBuffer:
+    """The client socket as gunicorn's response writer sees it: what it writes is kept and
+    sent by ``flush`` in one ``sendall``, so a response's head and body leave in one system
+    call and one TCP segment instead of two. A file sent with ``sendfile`` goes after what is
+    kept; anything else (``send`` for "100 Continue", ``shutdown``, ...) is the socket's."""
+
+    __slots__ = ("sock", "parts", "size")
+
+    # Past this much, writes go out at once (a big body is not copied again).
+    LIMIT = 256 * 1024
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def sendall(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size > self.LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+            self.parts, self.size = [], 0
+            self.sock.sendall(data)
+
+    def sendfile(self, *args, **kwargs):
+        self.flush()
+        return self.sock.sendfile(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+class TurnQueue:
+    """Where kept-alive connections wait for their next request, and are served in the order
+    their requests arrived.
+
+    Each waiting connection is in an epoll set of its own (one-shot), which the dispatcher
+    greenlet (``run``) watches: the kernel lists ready connections in the order they became
+    ready, and the dispatcher wakes their greenlets in that order (gevent runs callbacks first
+    in, first out). Waiting on each socket through gevent instead would serve them in the
+    reverse order (libev runs the watchers of one poll last-ready-first), so a connection ready
+    early in a round would wait for the whole round, then the whole next one: twice the tail.
+    Idle connections are given up on after their deadline, checked every ``SWEEP_S``."""
+
+    SWEEP_S = 0.5
+
+    def __init__(self, stopping: Callable[[], bool]):
+        self.stopping = stopping
+        self.hub = gevent.get_hub()
+        self.epoll = select.epoll()
+        self.waiting: dict[int, tuple[Waiter, float]] = {}  # fd -> (its greenlet, idle until)
+        self.registered: set[int] = set()
+
+    def wait(self, fd: int, idle_s: float) -> bool:
+        """Until the connection ``fd`` has bytes (True) or has been idle ``idle_s`` (False)."""
+        waiter = Waiter(self.hub)
+        self.waiting[fd] = (waiter, time.monotonic() + idle_s)
+        if fd in self.registered:
+            self.epoll.modify(fd, _ONE_READ)
+        else:
+            self.epoll.register(fd, _ONE_READ)
+            self.registered.add(fd)
+        try:
+            return waiter.get()
+        finally:
+            self.waiting.pop(fd, None)
+
+    def forget(self, fd: int) -> None:
+        """Before the connection ``fd`` is closed."""
+        if fd in self.registered:
+            self.registered.discard(fd)
+            with contextlib.suppress(OSError):
+                self.epoll.unregister(fd)
+
+    def run(self) -> None:
+        """The dispatcher greenlet: wakes the connections whose requests arrived, in order."""
+        ready = self.hub.loop.io(self.epoll.fileno(), 1)  # one watcher, reused every round
+        while True:
+            self.hub.wait(ready)
+            for fd, _events in self.epoll.poll(0):
+                entry = self.waiting.pop(fd, None)
+                if entry is not None:
+                    self.hub.loop.run_callback(entry[0].switch, True)
+
+    def sweep(self) -> None:
+        """The greenlet that gives up on idle connections, every ``SWEEP_S``."""
+        while True:
+            gevent.sleep(self.SWEEP_S)
+            self.give_up_idle(time.monotonic())
+
+    def give_up_idle(self, now: float) -> None:
+        linger_until = now + STOP_KEEPALIVE_LINGER_S if self.stopping() else float("inf")
+        for fd, (waiter, idle_until) in list(self.waiting.items()):
+            if idle_until <= now:
+                del self.waiting[fd]
+                self.hub.loop.run_callback(waiter.switch, False)
+            elif idle_until > linger_until:
+                self.waiting[fd] = (waiter, linger_until)
+
+
+_ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
+
+
+class ConnectionCounts:
+    """How many connections each live worker holds, in memory shared by the master and the
+    workers it forks: one (pid, connections) pair of int64 per slot. The master gives each
+    new worker a slot that no live worker holds; the worker writes its pid and count there."""
+
+    SLOTS = 64
+
+    def __init__(self):
+        self._memory = mmap.mmap(-1, self.SLOTS * 16)  # anonymous, MAP_SHARED: survives fork
+        self._values = memoryview(self._memory).cast("q")
+
+    def claim_slot(self) -> int:
+        """In the master, for a worker about to be forked: a slot no live worker holds."""
+        for slot in range(self.SLOTS):
+            pid = self._values[2 * slot]
+            if pid == 0 or (pid > 0 and not _alive(pid)):
+                self._values[2 * slot] = -1  # reserved until the worker writes its pid
+                self._values[2 * slot + 1] = 0
+                return slot
+        raise RuntimeError("no free connection-count slot")
+
+    def start(self, slot: int, pid: int) -> None:
+        self._values[2 * slot + 1] = 0
+        self._values[2 * slot] = pid
+
+    def release(self, slot: int) -> None:
+        self._values[2 * slot + 1] = 0
+        self._values[2 * slot] = 0
+
+    def set(self, slot: int, connections: int) -> None:
+        self._values[2 * slot + 1] = connections
+
+    def fair_share(self, slot: int, queued: int) -> int:
+        """How many of ``queued`` new connections the worker in ``slot`` should take so that it
+        holds as many as the average live worker once they are all taken."""
+        values = self._values
+        live = [
+            other
+            for other in range(self.SLOTS)
+            if values[2 * other] > 0 and (other == slot or _alive(values[2 * other]))
+        ]
+        total = queued + sum(values[2 * other + 1] for other in live)
+        return -(-total // max(len(live), 1)) - values[2 * slot + 1]
+
+    def least_loaded(self, slot: int) -> bool:
+        """True if the worker in ``slot`` holds no more connections than any other live
+        worker."""
+        values = self._values
+        mine = values[2 * slot + 1]
+        for other in range(self.SLOTS):
+            pid = values[2 * other]
+            if other != slot and pid > 0 and values[2 * other + 1] < mine and _alive(pid):
+                return False
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# Created when gunicorn's master imports this module (it loads the worker class before it
+# forks), so every worker shares it.
+CONNECTION_COUNTS = ConnectionCounts()
+
+
+class FrontWorker(GeventWorker):
+    """gunicorn's gevent worker with fair turns, balanced accepting, read deadlines and the
+    backlog drain (module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keepalive_s = float(self.cfg.keepalive)
+        self.header_timeout_s = _seconds_from_env("HEADER_TIMEOUT", 10.0)
+        self.body_timeout_s = _seconds_from_env("BODY_TIMEOUT", 30.0)
+        self.connections = 0
+        self.pool: Pool | None = None
+        self.turns: TurnQueue | None = None
+        self.slot = CONNECTION_COUNTS.claim_slot()  # in the master, before the fork
+
+    # ------------------------------------------------------------------ process
+    def patch(self) -> None:
+        """No monkey-patching: the listeners stay gunicorn's, made non-blocking; the accepted
+        connections become gevent sockets."""
+        for listener in self.sockets:
+            listener.setblocking(False)
+
+    def run(self) -> None:
+        CONNECTION_COUNTS.start(self.slot, os.getpid())
+        try:
+            self.serve()
+        finally:
+            CONNECTION_COUNTS.release(self.slot)
+
+    def serve(self) -> None:
+        self.pool = Pool(self.worker_connections)
+        self.turns = TurnQueue(stopping=lambda: not self.alive)
+        helpers = [gevent.spawn(self.turns.run), gevent.spawn(self.turns.sweep)]
+        acceptors = [gevent.spawn(self.accept_forever, listener) for listener in self.sockets]
+        wakeup = self.PIPE[0]  # signals write here (signal.set_wakeup_fd): handle them at once
+        while self.alive:
+            self.notify()
+            try:
+                gsocket.wait_read(wakeup, timeout=1.0)
+                os.read(wakeup, 64)
+            except (TimeoutError, BlockingIOError, InterruptedError):
+                pass
+        gevent.killall(acceptors)
+        self.answer_queued_connections()
+        for listener in self.sockets:
+            util.close(listener)
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while len(self.pool) and time.monotonic() < deadline:
+            self.notify()
+            self.pool.join(timeout=min(1.0, max(deadline - time.monotonic(), 0)))
+        if len(self.pool):
+            self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
+            self.pool.kill(block=True, timeout=1)
+        gevent.killall(helpers)
+
+    # ------------------------------------------------------------------ accepting
+    def accept_forever(self, listener) -> None:
+        """Take the connections queued on ``listener``: one whenever this worker has nothing
+        else to do, so that a new connection waits in the kernel's queue (where it survives a
+        worker that dies) rather than behind a busy worker's requests; when this worker has
+        stayed busy for ``ACCEPT_GRACE_S`` (kept-alive clients keep every worker so), its fair
+        share of the queue at once: enough to hold as many connections as the average worker
+        would once the queue is empty, and at least one."""
+        fd = listener.fileno()
+        while self.alive:
+            gsocket.wait_read(fd)
+            if until_idle(ACCEPT_GRACE_S) or until_idle(IDLE_CHECK_S):
+                self.accept_balanced(listener)
+                continue
+            share = CONNECTION_COUNTS.fair_share(self.slot, queued(listener))
+            for _ in range(max(share, 1)):
+                if self.pool.full() or not self.accept_one(listener):
+                    break
+            if self.pool.full():
+                self.pool.wait_available()
+
+    def accept_balanced(self, listener) -> bool:
+        """Accept one connection, after ``BALANCE_GRACE_S`` if another worker holds fewer."""
+        if not CONNECTION_COUNTS.least_loaded(self.slot):
+            gevent.sleep(BALANCE_GRACE_S)
+        return self.accept_one(listener)
+
+    def accept_one(self, listener) -> bool:
+        """Accept one connection if one is queued and start serving it; False if none was."""
+        try:
+            client, address = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.ENOBUFS):
+                return False
+            raise
+        util.close_on_exec(client)
+        connection = gsocket.socket(client.family, client.type, client.proto, client.detach())
+        self.connections += 1  # counted now, so a burst of connections sees it at once
+        CONNECTION_COUNTS.set(self.slot, self.connections)
+        self.pool.spawn(self.serve_connection, listener, connection, address)
+        return True
+
+    def answer_queued_connections(self) -> None:
+        """At stop: take every connection still queued on the listening sockets (they are
+        answered with "Connection: close"), until none is left; each worker does this."""
+        for listener in self.sockets:
+            while True:
+                if self.pool.full():
+                    self.pool.wait_available(timeout=1.0)
+                    self.notify()
+                    continue
+                try:
+                    if not self.accept_one(listener):
+                        break
+                except OSError:
+                    break  # the socket is gone
+
+    # ------------------------------------------------------------------ a connection
+    def serve_connection(self, listener, client, address) -> None:
+        reader, output = DeadlineSocket(client), ResponseBuffer(client)
+        parser = http.get_parser(self.cfg, reader, address)
+        listener_name = listener.getsockname()
+        req = None
+        linger = "if unread"  # how to close (``close``)
+        try:
+            while True:
+                reader.start("headers", self.header_timeout_s)
+                req = next(parser)
+                reader.start("body", self.body_timeout_s)
+                try:
+                    self.handle_request(listener_name, req, output, address)
+                except StopIteration:  # answered; the connection closes
+                    output.flush()
+                    raise
+                output.flush()
+                req = None
+                if not parser.finish_body(deadline=reader.deadline):
+                    break
+                # The fair turn: back to the event loop until the next request arrives, unless
+                # its bytes are already read (pipelined).
+                if parser.unreader.buf.getbuffer().nbytes:
+                    gevent.sleep(0)  # a pipelined request: its turn after the others' ready now
+                elif not self.wait_for_next_request(client):
+                    linger = "never"  # idle: nothing of a request can be on its way
+                    break
+        except StopIteration:
+            pass
+        except ReadTimedOut as exc:
+            linger = "always"
+            if req is None:  # late headers; a late body was answered by the app
+                self.reply_timeout(client, exc)
+        except http.errors.NoMoreData:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+        except Exception as exc:
+            linger = "always"
+            self.handle_error(req, client, address, exc)
+        finally:
+            self.connections -= 1
+            CONNECTION_COUNTS.set(self.slot, self.connections)
+            self.turns.forget(client.fileno())
+            close(client, linger)
+
+    def wait_for_next_request(self, client) -> bool:
+        """Wait for the client's next request, in turn with the other connections: True, or
+        False when it stays idle for KEEPALIVE seconds (2 s at most once the worker stops)."""
+        idle_s = self.keepalive_s if self.alive else STOP_KEEPALIVE_LINGER_S
+        return self.turns.wait(client.fileno(), idle_s)
+
+    def reply_timeout(self, client, exc: ReadTimedOut) -> None:
+        with contextlib.suppress(OSError):
+            util.write_error(client, 408, "Request Timeout", exc.description)

@@ -1,0 +1,39 @@
+"""The service with two test-only routes, for tests/e2e/test_front.py:
+
+    gunicorn -c service/gunicorn.conf.py 'tests.e2e.busy_app:create_app()'
+
+* ``GET /_test/pid``: the pid of the worker that answered, and how many requests to this route
+  that worker had answered before (``seq``): the order in which it served them.
+* ``POST /_test/busy?seconds=S``: holds its worker process for S seconds (``time.sleep``, which
+  blocks the whole process as a long forward pass would) after writing its pid to the file
+  named by ``$BUSY_MARKER``, so a test knows which worker is busy, and from when.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+from flask import request
+
+from service.app import create_app as create_service_app
+
+
+def create_app():
+    app = create_service_app()
+    served = itertools.count()
+
+    @app.get("/_test/pid")
+    def worker_pid():
+        return {"pid": os.getpid(), "seq": next(served)}
+
+    @app.post("/_test/busy")
+    def busy():
+        seconds = min(float(request.args.get("seconds", "1")), 10.0)
+        Path(os.environ["BUSY_MARKER"]).write_text(str(os.getpid()))
+        time.sleep(seconds)
+        return {"pid": os.getpid()}
+
+    return app
