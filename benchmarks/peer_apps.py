@@ -20,7 +20,8 @@ pass convserve runs.
   and answered with orjson: the quickest way FastAPI offers, not its pydantic models.
 
 Environment: ``PEER_STORE`` (the store directory, default the repository's model_store),
-``PEER_MODEL`` (default mnist), ``PEER_VERSION`` (default 1).
+``PEER_MODEL`` (default mnist), ``PEER_VERSION`` (default: the version of the production alias,
+the one convserve serves).
 """
 
 import os
@@ -38,10 +39,14 @@ MODEL_NAME = os.environ.get("PEER_MODEL", "mnist")
 
 
 def load_bundle():
+    """(version, bundle): the bundle convserve serves, ``PEER_VERSION`` or the version the
+    store's production alias points at."""
     from training.store import ModelStore
 
     store = ModelStore(os.environ.get("PEER_STORE") or REPO / "model_store")
-    return store.load(MODEL_NAME, int(os.environ.get("PEER_VERSION", "1")))
+    version = os.environ.get("PEER_VERSION")
+    version = int(version) if version else store.resolve(MODEL_NAME, alias="production")
+    return version, store.load(MODEL_NAME, version)
 
 
 def prediction(probabilities: np.ndarray) -> dict:
@@ -61,7 +66,7 @@ def fastapi_app():
     of the routes to know that ``request`` is the request.)"""
     from fastapi import FastAPI, Request, Response
 
-    bundle = load_bundle()
+    version, bundle = load_bundle()
     app = FastAPI()
 
     @app.get("/healthz")
@@ -74,7 +79,7 @@ def fastapi_app():
         pixels = np.asarray(document["image"], dtype=np.float32).reshape(1, 28, 28)
         probabilities = bundle.predict_proba(pixels)
         body = {
-            "model": {"name": MODEL_NAME, "version": 1},
+            "model": {"name": MODEL_NAME, "version": version},
             "predictions": [prediction(probabilities[0])],
         }
         return Response(orjson.dumps(body), media_type="application/json")

@@ -35,7 +35,7 @@ class ConvserveModel(kserve.Model):
         self.load()
 
     def load(self) -> bool:
-        self.bundle = load_bundle()
+        _version, self.bundle = load_bundle()
         self.ready = True
         return self.ready
 
