@@ -8,8 +8,9 @@ The peers, from PyPI in their own venv (``.venv-peers/``, created on first use, 
 KServe's Python model server (V1 ``:predict`` and V2 ``infer``) and FastAPI + uvicorn
 (benchmarks/peer_kserve.py, benchmarks/peer_apps.py). Each serves convserve's own
 ``Bundle.predict_proba`` on the embedded model (the version model_store/'s production alias
-points at, from a temporary copy of the store) with 2 worker processes and one BLAS thread each; no server writes an access line per
-request. A peer that does not install is reported and left out.
+points at, from a temporary copy of the store) with 2 worker processes and one BLAS thread
+each; no server writes an access line per request. A peer that does not install is reported
+and left out.
 
 For each repetition, every server in turn (the order rotates) is started **alone**, warmed up,
 driven by wrk with keep-alive clients at each concurrency on each of its routes, and stopped.
