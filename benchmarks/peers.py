@@ -7,8 +7,8 @@ slow clients and memory (issue 12's figures).
 The peers, from PyPI in their own venv (``.venv-peers/``, created on first use, gitignored):
 KServe's Python model server (V1 ``:predict`` and V2 ``infer``) and FastAPI + uvicorn
 (benchmarks/peer_kserve.py, benchmarks/peer_apps.py). Each serves convserve's own
-``Bundle.predict_proba`` on the embedded model (the version model_store/'s production alias
-points at, from a temporary copy of the store) with 2 worker processes and one BLAS thread
+``Bundle.predict_proba`` on the embedded model (``--version``, default mnist:1, made the
+production alias of a temporary copy of the store) with 2 worker processes and one BLAS thread
 each; no server writes an access line per request. A peer that does not install is reported
 and left out.
 
@@ -57,6 +57,8 @@ from serve_load import (  # noqa: E402
     sample_digit,
     wrk_post_script,
 )
+
+from training.store import ModelStore  # noqa: E402
 
 PEERS_VENV = REPO / ".venv-peers"
 # What each peer needs besides the repository (training/ imports numpy and scipy).
@@ -546,6 +548,9 @@ def main() -> int:
         default="",
         help=f"instead of the peers, gunicorn's worker classes ({', '.join(WORKER_CLASSES)})",
     )
+    parser.add_argument(
+        "--version", type=int, default=1, help="the embedded version every server serves"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -562,6 +567,10 @@ def main() -> int:
         tmp = Path(tmp)
         store = tmp / "store"
         shutil.copytree(REPO / "model_store", store)
+        # The version every server serves: the plain network (mnist:1), whose /predict is
+        # predict_proba and nothing more (mnist:2 adds the not-a-digit detector in convserve
+        # only, which would measure more than the HTTP stacks).
+        ModelStore(store).promote("mnist", args.version, "production", force=True)
         routes = build_routes(tmp)
         ours = convserve(store, {key: routes[key] for key in ("predict", "v2")})
         makers = {"kserve": (kserve, ("kserve_v1", "v2")), "fastapi": (fastapi, ("predict",))}
