@@ -268,6 +268,7 @@ class ConnectionCounts:
     new worker a slot that no live worker holds; the worker writes its pid and count there."""
 
     SLOTS = 64
+    HIGH_WATER = 2 * (SLOTS - 1)  # the last pair's first int64: how many slots were ever used
 
     def __init__(self):
         self._memory = mmap.mmap(-1, self.SLOTS * 16)  # anonymous, MAP_SHARED: survives fork
@@ -275,13 +276,19 @@ class ConnectionCounts:
 
     def claim_slot(self) -> int:
         """In the master, for a worker about to be forked: a slot no live worker holds."""
-        for slot in range(self.SLOTS):
+        for slot in range(self.SLOTS - 1):
             pid = self._values[2 * slot]
             if pid == 0 or (pid > 0 and not _alive(pid)):
                 self._values[2 * slot] = -1  # reserved until the worker writes its pid
                 self._values[2 * slot + 1] = 0
+                high = self.HIGH_WATER
+                self._values[high] = max(self._values[high], slot + 1)
                 return slot
         raise RuntimeError("no free connection-count slot")
+
+    def used_slots(self) -> range:
+        """The slots any worker ever held (readers look no further)."""
+        return range(self._values[self.HIGH_WATER])
 
     def start(self, slot: int, pid: int) -> None:
         self._values[2 * slot + 1] = 0
@@ -300,7 +307,7 @@ class ConnectionCounts:
         values = self._values
         live = [
             other
-            for other in range(self.SLOTS)
+            for other in self.used_slots()
             if values[2 * other] > 0 and (other == slot or _alive(values[2 * other]))
         ]
         total = queued + sum(values[2 * other + 1] for other in live)
@@ -311,7 +318,7 @@ class ConnectionCounts:
         worker."""
         values = self._values
         mine = values[2 * slot + 1]
-        for other in range(self.SLOTS):
+        for other in self.used_slots():
             pid = values[2 * other]
             if other != slot and pid > 0 and values[2 * other + 1] < mine and _alive(pid):
                 return False
@@ -345,6 +352,7 @@ class FrontWorker(GeventWorker):
         self.connections = 0
         self.pool: Pool | None = None
         self.turns: TurnQueue | None = None
+        self.listener_names: dict = {}
         self.slot = CONNECTION_COUNTS.claim_slot()  # in the master, before the fork
 
     # ------------------------------------------------------------------ process
@@ -363,6 +371,7 @@ class FrontWorker(GeventWorker):
 
     def serve(self) -> None:
         self.pool = Pool(self.worker_connections)
+        self.listener_names = {listener: listener.getsockname() for listener in self.sockets}
         self.turns = TurnQueue(stopping=lambda: not self.alive)
         helpers = [gevent.spawn(self.turns.run), gevent.spawn(self.turns.sweep)]
         acceptors = [gevent.spawn(self.accept_forever, listener) for listener in self.sockets]
@@ -398,7 +407,9 @@ class FrontWorker(GeventWorker):
         fd = listener.fileno()
         while self.alive:
             gsocket.wait_read(fd)
-            if until_idle(ACCEPT_GRACE_S) or until_idle(IDLE_CHECK_S):
+            # No connection at all: nothing else to do for sure (Connection: close clients).
+            free = not len(self.pool) or until_idle(ACCEPT_GRACE_S) or until_idle(IDLE_CHECK_S)
+            if free:
                 self.accept_balanced(listener)
                 continue
             share = CONNECTION_COUNTS.fair_share(self.slot, queued(listener))
@@ -450,7 +461,7 @@ class FrontWorker(GeventWorker):
     def serve_connection(self, listener, client, address) -> None:
         reader, output = DeadlineSocket(client), ResponseBuffer(client)
         parser = http.get_parser(self.cfg, reader, address)
-        listener_name = listener.getsockname()
+        listener_name = self.listener_names[listener]
         req = None
         linger = "if unread"  # how to close (``close``)
         try:
