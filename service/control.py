@@ -31,7 +31,8 @@ POLL_SECONDS = 0.2
 REQUEST_FILE = "reload-request"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while a process ``pid`` exists (one we may not signal counts as existing)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -113,7 +114,7 @@ class ReloadBroadcast:
         pids = []
         for path in self.directory.glob("worker-*"):
             pid = int(path.name.removeprefix("worker-"))
-            if _alive(pid):
+            if process_alive(pid):
                 pids.append(pid)
             else:
                 path.unlink(missing_ok=True)

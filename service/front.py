@@ -56,6 +56,8 @@ from gunicorn import http, util
 from gunicorn.workers.ggevent import GeventWorker
 from werkzeug.exceptions import RequestTimeout
 
+from service.control import process_alive
+
 # A worker that stays busy this long with connections queued takes its share of them; one that
 # turns out free within IDLE_CHECK_S after that (its long request just ended) takes one.
 ACCEPT_GRACE_S = 0.02
@@ -278,7 +280,7 @@ class ConnectionCounts:
         """In the master, for a worker about to be forked: a slot no live worker holds."""
         for slot in range(self.SLOTS - 1):
             pid = self._values[2 * slot]
-            if pid == 0 or (pid > 0 and not _alive(pid)):
+            if pid == 0 or (pid > 0 and not process_alive(pid)):
                 self._values[2 * slot] = -1  # reserved until the worker writes its pid
                 self._values[2 * slot + 1] = 0
                 high = self.HIGH_WATER
@@ -308,7 +310,7 @@ class ConnectionCounts:
         live = [
             other
             for other in self.used_slots()
-            if values[2 * other] > 0 and (other == slot or _alive(values[2 * other]))
+            if values[2 * other] > 0 and (other == slot or process_alive(values[2 * other]))
         ]
         total = queued + sum(values[2 * other + 1] for other in live)
         return -(-total // max(len(live), 1)) - values[2 * slot + 1]
@@ -320,19 +322,9 @@ class ConnectionCounts:
         mine = values[2 * slot + 1]
         for other in self.used_slots():
             pid = values[2 * other]
-            if other != slot and pid > 0 and values[2 * other + 1] < mine and _alive(pid):
+            if other != slot and pid > 0 and values[2 * other + 1] < mine and process_alive(pid):
                 return False
         return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # Created when gunicorn's master imports this module (it loads the worker class before it
