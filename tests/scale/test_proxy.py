@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import requests
 
@@ -112,6 +113,11 @@ def test_request_id_passed_through_generated_when_absent_and_logged_on_both_side
     # One header: the replica's echo is replaced by nginx's, not added to it.
     assert "," not in given.headers["X-Request-ID"]
     for request_id in ("client-id-42", made, refused):
+        # A replica's access line reaches its log file just after the answer: wait, bounded.
+        for _ in range(50):
+            if request_id in {line["request_id"] for line in replica_access_lines(quiet_fleet)}:
+                break
+            time.sleep(0.1)
         assert request_id in {line["request_id"] for line in replica_access_lines(quiet_fleet)}
         assert request_id in {line["request_id"] for line in proxy_access_lines(quiet_fleet)}
 
