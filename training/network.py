@@ -351,6 +351,23 @@ class Network:
             layer_name, attr = key.split(".", 1)
             setattr(layers[layer_name], attr, np.array(value, dtype=self.dtype))
 
+    def replica(self) -> Network:
+        """A network with the same parameter arrays and layers of its own (caches, gradients):
+        another thread's share of a batch runs through it while this one runs through the
+        rest. Its layers hold the arrays this network's layers hold *now*; after
+        ``load_state`` (which replaces them) point them again with ``share_parameters``."""
+        clone = copy.copy(self)
+        clone.layers = [(name, copy.copy(layer)) for name, layer in self.layers]
+        clone.steps = clone._plan_steps()
+        clone.loss_layer = type(self.loss_layer)()
+        return clone
+
+    def share_parameters(self, source: Network) -> None:
+        """Point every layer's parameters and buffers at ``source``'s arrays (same spec)."""
+        for (_, mine), (_, theirs) in zip(self.layers, source.layers, strict=True):
+            for key in (*theirs.param_names, *theirs.buffer_names):
+                setattr(mine, key, getattr(theirs, key))
+
     # ------------------------------------------------------------------ compute
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """x: (N, C, H, W) normalised input -> logits (N, output units)."""
@@ -379,9 +396,11 @@ class Network:
         """Forward pass and mean loss; with train=True it prepares ``backward()``."""
         return self.loss_layer.forward(self.forward(x, train=train), labels)
 
-    def backward(self) -> dict[str, np.ndarray]:
-        """Backpropagate the last training ``loss()``; returns ``grads()``."""
-        dout = self.loss_layer.backward()
+    def backward(self, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Backpropagate the last training ``loss()``; returns ``grads()``. ``batch_size``: the
+        loss is the mean over that many images (default: this call's own; the parts of a batch
+        split over threads pass the whole batch's, see ``training.parallel``)."""
+        dout = self.loss_layer.backward(batch_size)
         for step in reversed(self.steps):
             dout = step.backward(dout)
             if dout is None:  # the first trainable layer skipped its input gradient

@@ -60,11 +60,21 @@ class Optimizer:
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         """Update every array in ``params`` in place from the gradient of the same name."""
+        self.update(params, grads, self.begin_step(params, grads))
+
+    def begin_step(
+        self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]
+    ) -> list[tuple[str, int, int]]:
+        """Check the gradients against the parameters, count the step and create any missing
+        state. Returns the step's blocks ``(name, start, stop)`` (flat element offsets) for
+        ``update``: all of them at once, or shared out among threads (blocks are independent;
+        ``step`` is ``update(params, grads, begin_step(params, grads))``)."""
         if params.keys() != grads.keys():
             raise ValueError(
                 f"parameters and gradients differ: {sorted(params.keys() ^ grads.keys())}"
             )
         self.steps += 1
+        blocks = []
         for name, param in params.items():
             grad = grads[name]
             if grad is None:
@@ -73,24 +83,42 @@ class Optimizer:
                 raise ValueError(
                     f"gradient of {name!r} has shape {np.shape(grad)}, expected {param.shape}"
                 )
-            decay = 1.0 - self.lr * self.weight_decay if param.ndim >= 2 else 1.0
-            arrays = {"param": param, "grad": grad, "scratch": self._scratch(name, param)}
-            arrays.update(self._slot(name, param))
-            for block in self._blocks(arrays):
-                if decay != 1.0:
-                    block["param"] *= decay
-                self._update_block(**block)
+            self._scratch(name, param)
+            self._slot(name, param)
+            # A parameter that cannot be viewed flat without a copy is one block, the whole.
+            size = self.block_size if param.flags.c_contiguous else max(param.size, 1)
+            blocks += [(name, i, min(i + size, param.size)) for i in range(0, param.size, size)]
+        return blocks
 
-    def _blocks(self, arrays: dict[str, np.ndarray]):
-        """Blocks of ``block_size`` elements at the same place in each array (flat views; the
-        gradient is copied only if it is not contiguous). A parameter that cannot be viewed
-        flat without a copy (not C-contiguous) is one block, the whole arrays."""
-        if not arrays["param"].flags.c_contiguous:
-            yield arrays
-            return
-        flat = {key: value.reshape(-1) for key, value in arrays.items()}
-        for start in range(0, arrays["param"].size, self.block_size):
-            yield {key: value[start : start + self.block_size] for key, value in flat.items()}
+    def update(
+        self,
+        params: dict[str, np.ndarray],
+        grads: dict[str, np.ndarray],
+        blocks: list[tuple[str, int, int]],
+    ) -> None:
+        """Apply the step ``begin_step`` began to ``blocks`` (some or all of what it returned)."""
+        arrays, current = {}, None
+        for name, start, stop in blocks:
+            param = params[name]
+            if name != current:
+                current = name
+                decay = 1.0 - self.lr * self.weight_decay if param.ndim >= 2 else 1.0
+                arrays = self._arrays(name, param, grads[name])
+            block = arrays
+            if param.flags.c_contiguous:
+                block = {key: value[start:stop] for key, value in arrays.items()}
+            if decay != 1.0:
+                block["param"] *= decay
+            self._update_block(**block)
+
+    def _arrays(self, name: str, param: np.ndarray, grad: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays one parameter's update reads and writes; flat views when the parameter is
+        C-contiguous (the gradient is copied only if it is not contiguous)."""
+        arrays = {"param": param, "grad": grad, "scratch": self._scratch_arrays[name]}
+        arrays.update(self.state.get(name, {}))
+        if not param.flags.c_contiguous:
+            return arrays
+        return {key: value.reshape(-1) for key, value in arrays.items()}
 
     def _slot(self, name: str, param: np.ndarray) -> dict[str, np.ndarray]:
         """The per-parameter state arrays (zeros at first), kept in ``state[name]``."""
