@@ -237,6 +237,7 @@ def _training_record(
         "preset": spec.get("name", "custom"),
         "arch": run["arch"],
         **{k: v for k, v in config.to_dict().items() if k != "class_labels"},
+        "threads": result.threads,  # the split changes the order of the sums (parallel.py)
         "augmentation": {"shift": config.shift},
         "seed": run["seed"],
         "classes": list(config.class_labels),

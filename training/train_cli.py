@@ -221,6 +221,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)"
     )
     p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="split each batch over N threads (default: $CONVSERVE_TRAIN_THREADS, else BLAS's "
+        "thread count, i.e. the CPUs; 1: no split)",
+    )
+    p.add_argument(
         "--hidden", type=_positive_int, metavar="N", help="hidden units of the mlp (default 100)"
     )
     p.add_argument(
@@ -365,6 +372,7 @@ def _train_config(args: argparse.Namespace, classes: list[int] | None) -> TrainC
         shift=args.shift,
         patience=args.patience,
         class_labels=classes,
+        threads=args.threads,
     )
     config.validate()
     return config

@@ -38,6 +38,7 @@ from training.optimizers import (
     make_optimizer,
     make_schedule,
 )
+from training.parallel import TrainStep, default_threads
 
 
 class TrainingDiverged(ConvserveError):
@@ -57,7 +58,9 @@ class TrainConfig:
     shift is the largest random translation in pixels (0 turns augmentation off); patience is
     the number of epochs without a better validation accuracy before stopping (0: never stop
     early, but still keep the best epoch's weights). class_labels are the digits the network's
-    outputs stand for (default 0..K-1).
+    outputs stand for (default 0..K-1). threads: how many threads each training batch is split
+    over (``training.parallel``); None follows the machine (``$CONVSERVE_TRAIN_THREADS``, else
+    BLAS's thread count), 1 turns the split off.
     """
 
     epochs: int = 20
@@ -70,6 +73,7 @@ class TrainConfig:
     patience: int = 0
     class_labels: list[int] | None = None
     eval_batch_size: int = 1000
+    threads: int | None = None
 
     def steps_per_epoch(self, images: int) -> int:
         """Optimizer steps one epoch over ``images`` training images takes (the last batch may
@@ -86,6 +90,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TrainingConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        threads = self.threads
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise TrainingConfigError(f"threads must be a positive integer, got {threads!r}")
         if self.shift > 8:
             raise TrainingConfigError(f"shift must be at most 8 pixels, got {self.shift}")
         if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
@@ -110,7 +119,8 @@ class TrainConfig:
 class TrainResult:
     """What ``train`` returns. ``network`` holds the best epoch's weights; ``history`` has one
     dict per epoch run (epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, seconds);
-    ``seconds`` is the wall time of the whole run."""
+    ``seconds`` is the wall time of the whole run; ``threads`` the threads each batch was split
+    over (1: not split)."""
 
     network: Network
     contract: dict
@@ -121,6 +131,7 @@ class TrainResult:
     val_loss: float | None = None
     stopped_early: bool = False
     seconds: float = 0.0
+    threads: int = 1
 
 
 # --------------------------------------------------------------------------- helpers
@@ -256,10 +267,11 @@ class _Run:
     network: Network
     config: TrainConfig
     contract: dict
+    class_labels: list[int]
     train_targets: np.ndarray
     optimizer: object
     schedule: object
-    params: dict
+    train_step: TrainStep
     step: int = 0
 
 
@@ -284,10 +296,20 @@ def train(
     Raises TrainingDiverged on a NaN/inf loss and TrainingConfigError on impossible settings.
     """
     class_labels = _checked_class_labels(network, config, train_ds)
+    run = _start_run(network, config, train_ds, class_labels)
+    try:
+        return _train_epochs(run, train_ds, val_ds, rng, progress)
+    finally:
+        run.train_step.close()  # the step's worker threads
+
+
+def _train_epochs(run: _Run, train_ds, val_ds, rng: np.random.Generator, progress: bool):
+    """The epochs of ``train`` -> its TrainResult."""
+    network, config, class_labels = run.network, run.config, run.class_labels
     has_val = val_ds is not None and len(val_ds.labels) > 0
     val_targets = class_indices(val_ds.labels, class_labels) if has_val else None
-    run = _start_run(network, config, train_ds, class_labels)
     result = TrainResult(network=network, contract=run.contract, class_labels=class_labels)
+    result.threads = run.train_step.threads
     best_key: tuple[float, float] | None = None
     best_state: dict[str, np.ndarray] | None = None
     epochs_without_improvement = 0
@@ -343,16 +365,24 @@ def _checked_class_labels(network: Network, config: TrainConfig, train_ds) -> li
 def _start_run(network: Network, config: TrainConfig, train_ds, class_labels) -> _Run:
     count = len(train_ds.labels)
     steps_per_epoch = config.steps_per_epoch(count)
+    try:
+        threads = default_threads() if config.threads is None else config.threads
+    except ValueError as exc:  # a bad $CONVSERVE_TRAIN_THREADS
+        raise TrainingConfigError(str(exc)) from None
+    contract = training_contract(train_ds.images)
+    train_targets = class_indices(train_ds.labels, class_labels)
+    optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay)
     return _Run(
         network=network,
         config=config,
-        contract=training_contract(train_ds.images),
-        train_targets=class_indices(train_ds.labels, class_labels),
-        optimizer=make_optimizer(config.optimizer, config.lr, config.weight_decay),
+        contract=contract,
+        class_labels=class_labels,
+        train_targets=train_targets,
+        optimizer=optimizer,
         schedule=make_schedule(
             config.schedule, config.lr, config.epochs * steps_per_epoch, steps_per_epoch
         ),
-        params=network.params(),  # live arrays: the optimizer updates them in place
+        train_step=TrainStep(network, optimizer, threads),  # last: it starts threads
     )
 
 
@@ -381,11 +411,13 @@ def _train_epoch(run: _Run, train_ds, epoch: int, rng: np.random.Generator, prog
             if config.shift:
                 pixels = random_shift(pixels, config.shift, rng)
             targets = run.train_targets[batch]
-            logits = network.forward(normalise(pixels, run.contract, dtype), train=True)
-            loss = network.loss_layer.forward(logits, targets)
             optimizer.lr = run.schedule(run.step)
-            _check_finite(loss, f"at epoch {epoch}, step {run.step + 1}", optimizer.lr)
-            optimizer.step(run.params, network.backward())
+            where = f"at epoch {epoch}, step {run.step + 1}"
+            loss, logits = run.train_step(
+                normalise(pixels, run.contract, dtype),
+                targets,
+                check=lambda value, where=where: _check_finite(value, where, optimizer.lr),
+            )
             run.step += 1
             loss_sum += loss * len(batch)
             correct += int((predicted_indices(logits) == targets).sum())
