@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import time
 
 from flask import Flask, Response, g, request
 
+from service.front_io import AFTER_RESPONSE
 from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry
 
@@ -21,36 +23,44 @@ access_logger = logging.getLogger("convserve.access")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
+def new_request_id() -> str:
+    """32 random hex digits (an identifier, not a secret: no system call for it)."""
+    return f"{random.getrandbits(128):032x}"
+
+
 def register_request_hooks(app: Flask, models: ModelRegistry, metrics: ServiceMetrics) -> None:
     """Before each request: per-process start-up, the clock and the request id. After it:
-    the metrics, the X-Request-ID header and the access log line."""
+    the metrics, the X-Request-ID header and the access log line. The metrics' writes wait
+    until the answer has left when the server offers that (service/front_io.py)."""
 
     @app.before_request
     def start_request():
-        # Per process, once (cheap pid check after that): the poller starts after the fork.
+        # Per process, once: the poller starts after the fork.
         models.ensure_started()
         g.started = time.perf_counter()
         metrics.request_started()
         g.in_flight = True
-        given = request.headers.get("X-Request-ID")
+        given = request.environ.get("HTTP_X_REQUEST_ID")
         if given is not None and _REQUEST_ID_RE.fullmatch(given):
             g.request_id = given
         else:
-            g.request_id = os.urandom(16).hex()
+            g.request_id = new_request_id()
 
     @app.after_request
     def finish_request(response: Response) -> Response:
-        started = g.get("started")
+        context = g._get_current_object()
+        started = context.get("started")
         elapsed = time.perf_counter() - started if started is not None else 0.0
-        rule = request.url_rule
+        current = request._get_current_object()
+        rule = current.url_rule
         # Unmatched paths share one label: scanners must not grow the metrics without bound.
         route = rule.rule if rule is not None else "<unmatched>"
         status = response.status_code
-        metrics.observe_request(route, request.method, status, elapsed)
-        inference = g.get("inference_model")
+        metrics.observe_request(route, current.method, status, elapsed)
+        inference = context.get("inference_model")
         if inference is not None:
             metrics.observe_inference_request(*inference, status, elapsed)
-        request_id = g.get("request_id") or os.urandom(16).hex()
+        request_id = context.get("request_id") or new_request_id()
         response.headers["X-Request-ID"] = request_id
         if access_logger.isEnabledFor(logging.INFO):
             _log_access(request_id, status, elapsed)
@@ -61,6 +71,11 @@ def register_request_hooks(app: Flask, models: ModelRegistry, metrics: ServiceMe
         # Teardown runs whatever happened, so the in-flight gauge never drifts upwards.
         if g.pop("in_flight", False):
             metrics.request_finished()
+        after_response = request.environ.get(AFTER_RESPONSE)
+        if after_response is None:
+            metrics.write_pending()
+        else:
+            after_response(metrics.write_pending)
 
 
 def mark_inference(model) -> None:

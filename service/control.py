@@ -31,6 +31,16 @@ POLL_SECONDS = 0.2
 REQUEST_FILE = "reload-request"
 
 
+_this_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _this_pid.__setitem__(0, os.getpid()))
+
+
+def this_pid() -> int:
+    """``os.getpid()`` without its system call: kept current across forks. For per-request
+    checks ("has this process started its poller yet?")."""
+    return _this_pid[0]
+
+
 def process_alive(pid: int) -> bool:
     """True while a process ``pid`` exists (one we may not signal counts as existing)."""
     try:

@@ -53,10 +53,20 @@ from gevent import socket as gsocket
 from gevent.hub import Waiter
 from gevent.pool import Pool
 from gunicorn import http, util
+from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker
-from werkzeug.exceptions import RequestTimeout
 
 from service.control import process_alive
+from service.front_io import (
+    AFTER_RESPONSE,
+    AfterResponse,
+    DeadlineSocket,
+    FrontResponse,
+    ReadTimedOut,
+    ResponseBuffer,
+    close,
+    readable_now,
+)
 
 # A worker that stays busy this long with connections queued takes its share of them; one that
 # turns out free within IDLE_CHECK_S after that (its long request just ended) takes one.
@@ -98,101 +108,6 @@ def until_idle(timeout: float) -> bool:
     return False
 
 
-def close(client, linger: str) -> None:
-    """Close a client connection. Closing while the client still sends makes the kernel answer
-    with a reset, which can destroy the response in flight; lingering sends FIN first and reads
-    what comes, up to 2 s (gunicorn's ``close_graceful``, RFC 9112 section 9.6). ``linger``:
-    "always" (an error, a timeout: the client may be mid-request), "if unread" (an answered
-    request: only if the client has sent more already, so a worker does not hold a finished
-    connection while its client reads), or "never" (an idle connection)."""
-    if linger == "if unread":
-        poller = select.poll()
-        poller.register(client.fileno(), select.POLLIN)
-        linger = "always" if poller.poll(0) else "never"
-    if linger == "always":
-        util.close_graceful(client)
-    else:
-        util.close(client)
-
-
-class ReadTimedOut(RequestTimeout):
-    """A request's headers or body did not arrive in time (408). Raised inside the app when the
-    body is late, so the app answers it as JSON like any other client error."""
-
-    def __init__(self, what: str, seconds: float):
-        super().__init__(f"the request {what} did not arrive within {seconds:g} s")
-
-
-class DeadlineSocket:
-    """The client socket as the request parser reads it: every read ends by ``deadline``
-    (``time.monotonic()``), whatever the client's pace; then ``ReadTimedOut``."""
-
-    __slots__ = ("sock", "deadline", "what", "seconds")
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.deadline = float("inf")
-        self.what = "headers"
-        self.seconds = 0.0
-
-    def start(self, what: str, seconds: float) -> None:
-        self.what, self.seconds = what, seconds
-        self.deadline = time.monotonic() + seconds
-
-    def recv(self, size: int) -> bytes:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise ReadTimedOut(self.what, self.seconds)
-        self.sock.settimeout(remaining)
-        try:
-            return self.sock.recv(size)
-        except TimeoutError:  # socket.timeout
-            raise ReadTimedOut(self.what, self.seconds) from None
-
-    # gunicorn's body drain bounds its reads with these; the deadline already does.
-    def settimeout(self, _timeout) -> None:
-        pass
-
-    def gettimeout(self) -> None:
-        return None
-
-
-class ResponseBuffer:
-    """The client socket as gunicorn's response writer sees it: what it writes is kept and
-    sent by ``flush`` in one ``sendall``, so a response's head and body leave in one system
-    call and one TCP segment instead of two. A file sent with ``sendfile`` goes after what is
-    kept; anything else (``send`` for "100 Continue", ``shutdown``, ...) is the socket's."""
-
-    __slots__ = ("sock", "parts", "size")
-
-    # Past this much, writes go out at once (a big body is not copied again).
-    LIMIT = 256 * 1024
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def sendall(self, data: bytes) -> None:
-        self.parts.append(data)
-        self.size += len(data)
-        if self.size > self.LIMIT:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.parts:
-            data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-            self.parts, self.size = [], 0
-            self.sock.sendall(data)
-
-    def sendfile(self, *args, **kwargs):
-        self.flush()
-        return self.sock.sendfile(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.sock, name)
-
-
 class TurnQueue:
     """Where kept-alive connections wait for their next request, and are served in the order
     their requests arrived.
@@ -213,6 +128,11 @@ class TurnQueue:
         self.epoll = select.epoll()
         self.waiting: dict[int, tuple[Waiter, float]] = {}  # fd -> (its greenlet, idle until)
         self.registered: set[int] = set()
+        self.woken = 0  # connections woken with a request, not yet running again
+
+    def requests_waiting(self) -> bool:
+        """True when a waiting connection's next request has arrived (woken, or about to be)."""
+        return self.woken > 0 or readable_now(self.epoll.fileno())
 
     def wait(self, fd: int, idle_s: float) -> bool:
         """Until the connection ``fd`` has bytes (True) or has been idle ``idle_s`` (False)."""
@@ -224,9 +144,12 @@ class TurnQueue:
             self.epoll.register(fd, _ONE_READ)
             self.registered.add(fd)
         try:
-            return waiter.get()
+            ready = waiter.get()
         finally:
             self.waiting.pop(fd, None)
+        if ready:
+            self.woken -= 1
+        return ready
 
     def forget(self, fd: int) -> None:
         """Before the connection ``fd`` is closed."""
@@ -243,6 +166,7 @@ class TurnQueue:
             for fd, _events in self.epoll.poll(0):
                 entry = self.waiting.pop(fd, None)
                 if entry is not None:
+                    self.woken += 1
                     self.hub.loop.run_callback(entry[0].switch, True)
 
     def sweep(self) -> None:
@@ -345,6 +269,7 @@ class FrontWorker(GeventWorker):
         self.pool: Pool | None = None
         self.turns: TurnQueue | None = None
         self.listener_names: dict = {}
+        self.after_response = AfterResponse(self.others_waiting)
         self.slot = CONNECTION_COUNTS.claim_slot()  # in the master, before the fork
 
     # ------------------------------------------------------------------ process
@@ -387,6 +312,12 @@ class FrontWorker(GeventWorker):
             self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
             self.pool.kill(block=True, timeout=1)
         gevent.killall(helpers)
+        self.after_response.run_all()
+
+    def others_waiting(self) -> bool:
+        """True when another request waits for this worker: a kept-alive connection's, or a new
+        connection in a listening socket's queue."""
+        return self.turns.requests_waiting() or any(queued(sock) for sock in self.sockets)
 
     # ------------------------------------------------------------------ accepting
     def accept_forever(self, listener) -> None:
@@ -465,8 +396,10 @@ class FrontWorker(GeventWorker):
                     self.handle_request(listener_name, req, output, address)
                 except StopIteration:  # answered; the connection closes
                     output.flush()
+                    self.after_response.run_if_due()
                     raise
                 output.flush()
+                self.after_response.run_if_due()
                 req = None
                 if not parser.finish_body(deadline=reader.deadline):
                     break
@@ -496,6 +429,41 @@ class FrontWorker(GeventWorker):
             CONNECTION_COUNTS.set(self.slot, self.connections)
             self.turns.forget(client.fileno())
             close(client, linger)
+
+    def handle_request(self, listener_name, req, sock, addr) -> None:
+        """One request through the app, with gunicorn's environ and response framing
+        (``wsgi.create``) but without the per-request extras of its own ``handle_request`` the
+        service does not use: its access log (the app writes one line per request itself) and
+        the pre/post-request hooks. Raises StopIteration when the connection must close."""
+        resp, environ = wsgi.create(
+            req, sock, addr, listener_name, self.cfg, response_class=FrontResponse
+        )
+        environ["wsgi.multithread"] = True  # greenlets: requests may interleave
+        environ[AFTER_RESPONSE] = self.after_response.add
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+        if not self.alive or not self.cfg.keepalive:
+            resp.force_close()
+        try:
+            body = self.wsgi(environ, resp.start_response)
+            try:
+                for item in body:
+                    resp.write(item)
+                resp.close()
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
+        except (StopIteration, OSError):
+            raise
+        except Exception:
+            if not resp.headers_sent:
+                raise  # serve_connection answers 500
+            self.log.exception("Error handling request")  # mid-answer: only closing is left
+            raise StopIteration() from None
+        if resp.should_close():
+            raise StopIteration()
 
     def wait_for_next_request(self, client) -> bool:
         """Wait for the client's next request, in turn with the other connections: True, or

@@ -21,6 +21,7 @@ collides. Label children are cached in dicts: ``.labels()`` costs a lock and a t
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 
@@ -72,6 +73,60 @@ class _Cached:
         return child
 
 
+class PendingWrites:
+    """Per-request metric updates kept in this process until ``write``, then applied with one
+    write per metric child. In multiprocess mode every prometheus-client update is a locked
+    write to an mmap file plus a getpid() system call, and one /predict makes fifteen; the
+    server writes them once the answer has left, and under load once for many requests
+    (service/front_io.py: ``AfterResponse``)."""
+
+    def __init__(self):
+        self.counts: dict = {}  # Counter child -> amount
+        self.observations: dict = {}  # Histogram child -> _Observations
+
+    def count(self, child, amount: float = 1.0) -> None:
+        self.counts[child] = self.counts.get(child, 0.0) + amount
+
+    def observe(self, child, value: float) -> None:
+        observations = self.observations.get(child)
+        if observations is None:
+            observations = self.observations[child] = _Observations(child)
+        observations.add(value)
+
+    def write(self) -> None:
+        counts, self.counts = self.counts, {}
+        observations, self.observations = self.observations, {}
+        for child, amount in counts.items():
+            child.inc(amount)
+        for pending in observations.values():
+            pending.write()
+
+
+class _Observations:
+    """Observations of one histogram child not written yet: their sum and per-bucket counts,
+    bucketed as ``Histogram.observe`` does (first upper bound >= the value)."""
+
+    __slots__ = ("child", "bounds", "total", "counts")
+
+    def __init__(self, child):
+        # prometheus-client keeps a child's bounds, sum and bucket values in these attributes
+        # (tests/service/test_metrics_writes.py checks the result against observe()).
+        self.child = child
+        self.bounds = child._upper_bounds
+        self.total = 0.0
+        self.counts = [0] * len(self.bounds)
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+
+    def write(self) -> None:
+        self.child._sum.inc(self.total)
+        for bucket, count in zip(self.child._buckets, self.counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
 class ServiceMetrics(ReloadHooks, InferenceHooks):
     """The service's metrics and their exposition. Doubles as the predictors' reload hooks and
     the data plane's inference hooks."""
@@ -79,6 +134,9 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = multiprocess_enabled()
+        self.pending = PendingWrites()
+        self.requests_in_flight = 0  # in this process; the gauge holds what was last written
+        self.in_flight_written = 0
         self._define_http_metrics()
         self._define_model_metrics()
         self._define_prediction_metrics()
@@ -222,17 +280,28 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
         )
 
     # ------------------------------------------------------------------ per request
+    # Per-request updates go to ``pending``; ``write_pending`` applies them (after the answer).
     def request_started(self) -> None:
-        self.in_flight.inc()
+        self.requests_in_flight += 1
+        if self.requests_in_flight > self.in_flight_written:  # an idle worker got busy: now
+            self.in_flight_written = self.requests_in_flight
+            self.in_flight.set(self.in_flight_written)
 
     def request_finished(self) -> None:
-        self.in_flight.dec()
+        self.requests_in_flight -= 1
+
+    def write_pending(self) -> None:
+        """Apply the per-request updates kept so far (and the in-flight count)."""
+        self.pending.write()
+        if self.in_flight_written != self.requests_in_flight:
+            self.in_flight_written = self.requests_in_flight
+            self.in_flight.set(self.in_flight_written)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in KNOWN_METHODS:
             method = "other"
-        self.requests(route, method, status).inc()
-        self.latency(route).observe(seconds)
+        self.pending.count(self.requests(route, method, status))
+        self.pending.observe(self.latency(route), seconds)
 
     def observe_inference_request(
         self, model: str, version: int, status: int, seconds: float
@@ -240,34 +309,30 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
         """An inference request for ``model:version`` was answered with ``status``."""
         version_label = str(version)
         outcome = "success" if status < 400 else "failure"
-        self.inference_requests(model, version_label, outcome).inc()
-        self.request_latency(model, version_label).observe(seconds)
+        self.pending.count(self.inference_requests(model, version_label, outcome))
+        self.pending.observe(self.request_latency(model, version_label), seconds)
 
     # ------------------------------------------------------------------ inference hooks
     def inference_done(self, name: str, version: int, batch: int, seconds: float) -> None:
-        self.compute_latency(name, str(version)).observe(seconds)
-        self.batch_size(name).observe(batch)
+        self.pending.observe(self.compute_latency(name, str(version)), seconds)
+        self.pending.observe(self.batch_size(name), batch)
 
     def count_predictions(self, model: str, labels) -> None:
-        """One increment per distinct predicted label (a batch of 100 is not 100 updates)."""
-        counts: dict = {}
         for label in labels:
-            counts[label] = counts.get(label, 0) + 1
-        for label, count in counts.items():
-            self.predictions(model, str(label)).inc(count)
+            self.pending.count(self.predictions(model, str(label)))
 
     def observe_predictions(self, result) -> None:
         model, version = result.model.name, str(result.model.version)
         confidence = self.confidence(model, version)
         for value in result.confidences().tolist():
-            confidence.observe(value)
+            self.pending.observe(confidence, value)
         if result.ood_available:
             scores = self.ood_score(model, version)
             for value in result.ood_score.tolist():
-                scores.observe(value)
+                self.pending.observe(scores, value)
             flagged = int(result.not_a_digit.sum())
             if flagged:
-                self.not_a_digit(model, version).inc(flagged)
+                self.pending.count(self.not_a_digit(model, version), flagged)
 
     def count_invalid_output(self, name: str, version: int) -> None:
         self.invalid_outputs(name, str(version)).inc()
@@ -292,6 +357,7 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
     def render(self) -> tuple[bytes, str]:
         """The text exposition of every worker's metrics (or this process's), and its content
         type."""
+        self.write_pending()
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
@@ -305,6 +371,7 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
         multiprocess mode: ``{"confidence": h, "ood_score": h}``, each ``h`` in the form of a
         bundle's ``distributions`` (``{"le": bounds, "counts": per bucket plus the overflow,
         "total"}``) or None when nothing was observed (no prediction, or no detector)."""
+        self.write_pending()
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 
-from service.control import ReloadBroadcast
+from service.control import ReloadBroadcast, this_pid
 from service.errors import NotFound
 from service.predictor import Predictor, ReloadHooks
 from training.errors import ConvserveError
@@ -150,9 +150,9 @@ class ModelRegistry:
     # ------------------------------------------------------------------ per-process start-up
     def ensure_started(self) -> None:
         """Per process, once (a pid check after that): every predictor's catch-up and poller."""
-        if self._started_in_pid == os.getpid():
+        if self._started_in_pid == this_pid():
             return
-        self._started_in_pid = os.getpid()
+        self._started_in_pid = this_pid()
         for predictor in list(self._predictors.values()):
             predictor.ensure_started()
         self.broadcast.start(lambda: self.check_all(force=True))

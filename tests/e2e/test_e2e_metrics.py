@@ -15,7 +15,7 @@ import yaml
 from service.metrics import ServiceMetrics
 from tests.support import REPO
 from tests.support.bundles import make_store
-from tests.support.http_io import metric_samples, metric_total
+from tests.support.http_io import metric_samples, metric_total, settled_metrics
 from tests.support.servers import GunicornServer
 
 MONITORING = REPO / "deploy" / "monitoring"
@@ -41,7 +41,8 @@ def exposition(tmp_path_factory) -> str:
             requests.post(server.url + "/predict", json={"image": [1]}, timeout=30).status_code
             == 400
         )
-        return requests.get(server.url + "/metrics", timeout=30).text
+        # 6 + 1 + 1 inference requests, each counted just after its answer left.
+        return settled_metrics(server.url + "/metrics", "convserve_inference_requests_total", 8)
     finally:
         server.stop()
 

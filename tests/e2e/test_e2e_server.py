@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.support.apps import expected_probabilities
-from tests.support.http_io import metric_samples, metric_total, png_bytes
+from tests.support.http_io import metric_samples, metric_total, png_bytes, settled_metrics
 from tests.support.mnist import synthetic_digit
 
 pytestmark = pytest.mark.slow
@@ -224,6 +224,13 @@ def test_metrics_merge_both_workers(server):
     assert failures == []
     assert pids_seen == set(server.worker_pids())
 
+    settled_metrics(
+        server.url + "/metrics",
+        "convserve_http_requests_total",
+        before + len(sent),
+        route="/predict",
+        status="200",
+    )
     for _ in range(4):  # several scrapes: whichever worker answers reports the same totals
         text = requests.get(server.url + "/metrics", timeout=10).text
         total = metric_total(text, "convserve_http_requests_total", route="/predict", status="200")

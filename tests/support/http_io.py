@@ -4,8 +4,10 @@ error document's shape, Prometheus samples)."""
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
+import requests
 from PIL import Image
 
 
@@ -61,3 +63,17 @@ def metric_total(text: str, name: str, **labels: str) -> float:
         for sample_labels, value in metric_samples(text, name)
         if all(sample_labels.get(k) == v for k, v in labels.items())
     )
+
+
+def settled_metrics(url: str, name: str, expected: float, timeout: float = 5.0, **labels) -> str:
+    """The exposition at ``url`` (a /metrics URL) once ``metric_total(name, **labels)`` has
+    reached ``expected``, or the last one read after ``timeout`` seconds. The server writes
+    a request's metrics just after its answer leaves (under load, within
+    service/front_io.py's AFTER_RESPONSE_DELAY_S), so a scrape sent the instant an answer
+    arrives may be a few microseconds early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = requests.get(url, timeout=10).text
+        if metric_total(text, name, **labels) >= expected or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)

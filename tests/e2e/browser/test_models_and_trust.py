@@ -18,6 +18,7 @@ from tests.e2e.browser.pages import (
     predict_via_api,
     wait_finished,
 )
+from tests.support.http_io import settled_metrics
 from training.ood import OOD_SCORE_BOUNDS
 from training.store import ModelStore
 
@@ -66,6 +67,7 @@ def test_models_view_shows_calibration_and_the_live_traffic_of_every_worker(
     on the models view are the ones /metrics exports: the flagged count is the counter's."""
     png, _ = flagged_nondigit
     assert predict_via_api(detector_server, png).json()["predictions"][0]["not_a_digit"]
+    settled_metrics(detector_server + "/metrics", "convserve_predictions_not_a_digit_total", 1)
     page = detector_desktop
     page.goto(detector_server + "/ui/models")
     for chart in ("mnist-v1-rel", "mnist-v1-live-conf", "mnist-v1-live-ood"):

@@ -1,0 +1,208 @@
+"""What the HTTP front (service/front.py) does with one connection's bytes: read them by a
+deadline, answer in one write, close politely, and run the work the app left for after the
+answer.
+
+* ``DeadlineSocket``: the client socket as the request parser reads it; every read ends by the
+  deadline of the part being read (headers, body), then ``ReadTimedOut`` (408).
+* ``ResponseBuffer``: a response's head and body leave in one system call.
+* ``FrontResponse``: gunicorn's response framing (RFC 9110/9112), with the Date header made
+  once per second rather than once per response.
+* ``AfterResponse``: work the app hands the server through the WSGI environ
+  (``AFTER_RESPONSE``), run once the answer has left, so that no client waits for it: the
+  metrics' writes (service/metrics.py). While other requests wait for the worker it is put
+  off, at most ``AFTER_RESPONSE_DELAY_S``, and done once for all of them.
+* ``close``: FIN first when the client may still be sending.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections.abc import Callable
+
+import gevent
+from gunicorn import SERVER, util
+from gunicorn.http import wsgi
+from werkzeug.exceptions import RequestTimeout
+
+# The WSGI environ key under which the front offers ``AfterResponse.add`` to the app.
+AFTER_RESPONSE = "convserve.after_response"
+# Under load, the work left for after the answers runs at least this often.
+AFTER_RESPONSE_DELAY_S = 0.25
+
+log = logging.getLogger("convserve.front")
+
+
+def close(client, linger: str) -> None:
+    """Close a client connection. Closing while the client still sends makes the kernel answer
+    with a reset, which can destroy the response in flight; lingering sends FIN first and reads
+    what comes, up to 2 s (gunicorn's ``close_graceful``, RFC 9112 section 9.6). ``linger``:
+    "always" (an error, a timeout: the client may be mid-request), "if unread" (an answered
+    request: only if the client has sent more already, so a worker does not hold a finished
+    connection while its client reads), or "never" (an idle connection)."""
+    if linger == "if unread":
+        linger = "always" if readable_now(client.fileno()) else "never"
+    if linger == "always":
+        util.close_graceful(client)
+    else:
+        util.close(client)
+
+
+class ReadTimedOut(RequestTimeout):
+    """A request's headers or body did not arrive in time (408). Raised inside the app when the
+    body is late, so the app answers it as JSON like any other client error."""
+
+    def __init__(self, what: str, seconds: float):
+        super().__init__(f"the request {what} did not arrive within {seconds:g} s")
+
+
+class DeadlineSocket:
+    """The client socket as the request parser reads it: every read ends by ``deadline``
+    (``time.monotonic()``), whatever the client's pace; then ``ReadTimedOut``."""
+
+    __slots__ = ("sock", "deadline", "what", "seconds")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.deadline = float("inf")
+        self.what = "headers"
+        self.seconds = 0.0
+
+    def start(self, what: str, seconds: float) -> None:
+        self.what, self.seconds = what, seconds
+        self.deadline = time.monotonic() + seconds
+
+    def recv(self, size: int) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise ReadTimedOut(self.what, self.seconds)
+        self.sock.settimeout(remaining)
+        try:
+            return self.sock.recv(size)
+        except TimeoutError:  # socket.timeout
+            raise ReadTimedOut(self.what, self.seconds) from None
+
+    # gunicorn's body drain bounds its reads with these; the deadline already does.
+    def settimeout(self, _timeout) -> None:
+        pass
+
+    def gettimeout(self) -> None:
+        return None
+
+
+class ResponseBuffer:
+    """The client socket as gunicorn's response writer sees it: what it writes is kept and
+    sent by ``flush`` in one ``sendall``, so a response's head and body leave in one system
+    call and one TCP segment instead of two. A file sent with ``sendfile`` goes after what is
+    kept; anything else (``send`` for "100 Continue", ``shutdown``, ...) is the socket's."""
+
+    __slots__ = ("sock", "parts", "size")
+
+    # Past this much, writes go out at once (a big body is not copied again).
+    LIMIT = 256 * 1024
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def sendall(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size > self.LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+            self.parts, self.size = [], 0
+            self.sock.sendall(data)
+
+    def sendfile(self, *args, **kwargs):
+        self.flush()
+        return self.sock.sendfile(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+class FrontResponse(wsgi.Response):
+    """gunicorn's response writer, unchanged but for the head's Date: formatted once per
+    second (``email.utils.formatdate`` costs microseconds on every answer otherwise)."""
+
+    def default_headers(self) -> list[str]:
+        if self.upgrade:
+            connection = "upgrade"
+        elif self.should_close():
+            connection = "close"
+        else:
+            connection = "keep-alive"
+        major, minor = self.req.version
+        headers = [
+            f"HTTP/{major}.{minor} {self.status}\r\n",
+            f"Server: {SERVER}\r\n",
+            _date_line(),
+            f"Connection: {connection}\r\n",
+        ]
+        if self.chunked:
+            headers.append("Transfer-Encoding: chunked\r\n")
+        return headers
+
+
+def _date_line(_cache=[-1, ""]) -> str:  # noqa: B006 - the cache is the point
+    """``"Date: <IMF-fixdate>\\r\\n"`` for the current second."""
+    now = time.time()
+    second = int(now)
+    if second != _cache[0]:
+        _cache[0], _cache[1] = second, f"Date: {util.http_date(second)}\r\n"
+    return _cache[1]
+
+
+class AfterResponse:
+    """Work to run once answers have left (``add`` is offered to the app as
+    ``environ[AFTER_RESPONSE]``): at once when no other request waits for the worker, else
+    together with the work of the requests after it, at most ``delay_s`` later. Each piece of
+    work is a callable, run once however many requests added it."""
+
+    def __init__(self, others_waiting: Callable[[], bool], delay_s: float = AFTER_RESPONSE_DELAY_S):
+        self.others_waiting = others_waiting
+        self.delay_s = delay_s
+        self.pending: dict[Callable[[], None], None] = {}  # ordered set
+        self.due = 0.0
+        self.timer = None  # while work is put off: runs it at ``due`` if no answer does first
+
+    def add(self, work: Callable[[], None]) -> None:
+        self.pending[work] = None
+
+    def run_if_due(self) -> None:
+        """After an answer was sent: run the pending work unless it can wait."""
+        if not self.pending:
+            return
+        now = time.monotonic()
+        if now < self.due and self.others_waiting():
+            if self.timer is None:  # the last answers of a burst must not wait for the next
+                self.timer = gevent.get_hub().loop.timer(self.due - now)
+                self.timer.start(self.run_all)
+            return
+        self.due = now + self.delay_s
+        self.run_all()
+
+    def run_all(self) -> None:
+        """Run every pending piece of work now (also when the worker stops)."""
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+        pending, self.pending = self.pending, {}
+        for work in pending:
+            try:
+                work()
+            except Exception:  # never let bookkeeping cost a client its connection
+                log.exception("work after the response failed: %r", work)
+
+
+def readable_now(fd: int) -> bool:
+    """True when ``fd`` (a socket, an epoll set) has something to read, without waiting."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))

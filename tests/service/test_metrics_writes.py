@@ -1,0 +1,94 @@
+"""The per-request metric updates kept in memory (service/metrics.py: ``PendingWrites``) and
+written later give the same exposition as prometheus-client's own updates, and the server
+writes them after the answer has left (service/front_io.py: ``AfterResponse``)."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from service.front_io import AfterResponse
+from service.metrics import LATENCY_BUCKETS_S, PendingWrites
+
+# On bounds, between them, below the first, above the last (+Inf), and zero.
+VALUES = [0.0, 0.0005, 0.0004, 0.001, 0.0011, 0.25, 4.9, 5.0, 5.1, 1e9, 0.003, 0.003]
+
+
+def exposition(registry) -> list[str]:
+    """The samples, without the ``_created`` timestamps (two registries differ there)."""
+    text = generate_latest(registry).decode()
+    return [line for line in text.splitlines() if "_created" not in line]
+
+
+def two_registries():
+    made = []
+    for _ in range(2):
+        registry = CollectorRegistry()
+        counter = Counter("c_total", "c", ["route"], registry=registry)
+        histogram = Histogram("h_seconds", "h", ["route"], buckets=LATENCY_BUCKETS_S,
+                              registry=registry)  # fmt: skip
+        made.append((registry, counter, histogram))
+    return made
+
+
+def test_pending_writes_give_what_direct_updates_give():
+    (direct, counter, histogram), (deferred, counter2, histogram2) = two_registries()
+    pending = PendingWrites()
+    for index, value in enumerate(VALUES):
+        route = "/a" if index % 3 else "/b"
+        counter.labels(route).inc()
+        histogram.labels(route).observe(value)
+        pending.count(counter2.labels(route))
+        pending.observe(histogram2.labels(route), value)
+    counter.labels("/a").inc(7)
+    pending.count(counter2.labels("/a"), 7)
+    assert exposition(deferred) != exposition(direct)  # nothing written yet
+    pending.write()
+    assert exposition(deferred) == exposition(direct)
+    pending.write()  # written once only
+    assert exposition(deferred) == exposition(direct)
+
+
+def test_after_response_runs_at_once_when_nothing_waits():
+    ran = []
+    after = AfterResponse(others_waiting=lambda: False)
+    after.add(lambda: ran.append(1))
+    after.run_if_due()
+    assert ran == [1]
+    after.run_if_due()  # nothing pending
+    assert ran == [1]
+
+
+def test_after_response_puts_work_off_while_others_wait_then_runs_it_once():
+    ran = []
+
+    def work():
+        ran.append(1)
+
+    after = AfterResponse(others_waiting=lambda: True, delay_s=0.05)
+    after.add(work)
+    after.run_if_due()  # the first one runs (nothing ran for delay_s)
+    for _ in range(5):  # a burst: all put off, the same work added again and again
+        after.add(work)
+        after.run_if_due()
+    assert ran == [1]
+    gevent.sleep(0.2)  # the timer runs what the last answers left, with no answer after them
+    assert ran == [1, 1]
+    assert after.pending == {} and after.timer is None
+
+
+def test_failing_work_is_logged_not_raised(caplog):
+    after = AfterResponse(others_waiting=lambda: False)
+    after.add(lambda: 1 / 0)
+    after.run_if_due()
+    assert "work after the response failed" in caplog.text
+
+
+@pytest.mark.parametrize("waiting", [False, True])
+def test_run_all_empties_the_queue(waiting):
+    ran = []
+    after = AfterResponse(others_waiting=lambda: waiting)
+    after.add(lambda: ran.append(1))
+    after.run_all()
+    assert ran == [1] and after.pending == {}
