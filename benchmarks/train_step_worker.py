@@ -10,9 +10,11 @@ made the old interleaved figures look twice as good as they were.
 
 ``ours`` never imports torch. Both start from the same weights (our He initialisation, seed 0)
 and step through the same batches of MNIST test digits with Adam (lr 1e-3): for us
-``training.optimizers.Adam``, the trainer's own. The thread count comes from the environment
-(``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``, set by the parent) and, for torch, also from
-``--threads``.
+``training.optimizers.Adam`` through ``training.parallel.TrainStep``, what the trainer runs
+(with 2 BLAS threads each batch is split over 2 threads; with 1, not). The thread count comes
+from the environment (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``, set by the parent) and, for
+torch, also from ``--threads``. Our step's phases (forward+loss, backward, optimizer) are timed
+separately on the plain, unsplit step: the split step runs them on two threads at once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from benchmarks.common import environment, mnist_test_digits  # noqa: E402
 from training.bundle import input_contract, normalise  # noqa: E402
 from training.network import Network, preset  # noqa: E402
 from training.optimizers import Adam  # noqa: E402
+from training.parallel import TrainStep  # noqa: E402
 
 BATCH = 100
 INFERENCE_BATCHES = (1, 100, 1000)
@@ -63,13 +66,42 @@ def block_seconds(function, calls: int, blocks: int = BLOCKS) -> list[float]:
 
 
 def ours(x: np.ndarray, labels: np.ndarray) -> dict:
-    """Train step (total and its phases) and predict_proba timings of our network."""
+    """Train step (the trainer's ``TrainStep``), the plain step's phases and predict_proba
+    timings of our network."""
+    network = Network(preset("simpleconvnet"), rng=np.random.default_rng(0))
+    slices = batches(len(x))
+    position = iter(range(10**12))
+    with TrainStep(network, Adam(lr=1e-3)) as train_step:
+
+        def step():
+            part = slices[next(position) % len(slices)]
+            train_step(x[part], labels[part])
+
+        block_seconds(step, WARMUP_STEPS, blocks=1)
+        step_times = block_seconds(step, CALLS["train"])
+        split_threads = train_step.threads
+    inference = {}
+    for batch in INFERENCE_BATCHES:
+        network.predict_proba(x[:batch])  # warm the workspace
+        inference[str(batch)] = block_seconds(
+            lambda b=batch: network.predict_proba(x[:b]), CALLS[batch]
+        )
+    return {
+        "train_step": step_times,
+        "split_threads": split_threads,
+        "phases": plain_step_phases(x, labels),
+        "inference": inference,
+    }
+
+
+def plain_step_phases(x: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+    """Seconds per step of forward+loss, backward and Adam, one figure per block, timed on the
+    plain (unsplit) step of a fresh network."""
     network = Network(preset("simpleconvnet"), rng=np.random.default_rng(0))
     optimizer = Adam(lr=1e-3)
     params = network.params()
     slices = batches(len(x))
     phases = {"forward_loss": [], "backward": [], "optimizer": []}
-    step_times = []
     for block in range(-1, BLOCKS):  # block -1 warms up
         totals = dict.fromkeys(phases, 0.0)
         calls = WARMUP_STEPS if block < 0 else CALLS["train"]
@@ -88,14 +120,7 @@ def ours(x: np.ndarray, labels: np.ndarray) -> dict:
         if block >= 0:
             for name, total in totals.items():
                 phases[name].append(total / calls)
-            step_times.append(sum(totals.values()) / calls)
-    inference = {}
-    for batch in INFERENCE_BATCHES:
-        network.predict_proba(x[:batch])  # warm the workspace
-        inference[str(batch)] = block_seconds(
-            lambda b=batch: network.predict_proba(x[:b]), CALLS[batch]
-        )
-    return {"train_step": step_times, "phases": phases, "inference": inference}
+    return phases
 
 
 def torch_architecture():

@@ -228,8 +228,8 @@ def test_updating_blocks_in_any_grouping_is_the_plain_step(make_optimizer):
 
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("filters", [30, 4])
-def test_chunked_conv_backward_is_the_single_product(mnist_images, fused, filters):
-    """The backward's products in column chunks (Conv2D._column_chunk) against one product
+def test_chunked_conv_products_are_the_single_product(mnist_images, fused, filters):
+    """Training's conv products in column chunks (Conv2D._column_chunk) against one product
     each (small_product huge), float64: 50 MNIST images give a partial last chunk."""
     images = mnist_images[0][:50].astype(np.float64)[:, None] / 255
     rng = np.random.default_rng(0)
@@ -241,7 +241,9 @@ def test_chunked_conv_backward_is_the_single_product(mnist_images, fused, filter
         layer = ConvPool(conv, ReLU(), MaxPool2D(2)) if fused else conv
         out = layer.forward(images)
         dx = layer.backward(np.sin(np.arange(out.size)).reshape(out.shape))
-        results.append((conv.dW, conv.db, dx))
+        results.append((out, conv.dW, conv.db, dx))
+        # Inference computes the responses in one product: the same up to rounding.
+        np.testing.assert_allclose(layer.forward(images, train=False), out, rtol=1e-12)
     assert Conv2D(W, b)._column_chunk() is not None
     for got, expected in zip(results[0], results[1], strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
