@@ -3,13 +3,18 @@
 import contextlib
 import io
 import json
+import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from convserve.cli import main
 from training.bundle import load_bundle
+
+REPO = Path(__file__).resolve().parents[2]
 
 # A couple of seconds at most: the mlp, a few hundred images, few epochs.
 FAST = ["--arch", "mlp", "--val-size", "100", "--epochs", "3", "--shift", "0", "--quiet"]
@@ -269,3 +274,38 @@ def test_a_run_long_enough_does_not_warn(tiny_mnist_dir, tmp_path, capsys):
     args = ("--limit", "200", "--epochs", "3", "--batch-size", "4")  # 150 steps
     assert train_cli(tiny_mnist_dir, tmp_path / "long.npz", *args) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_threads_option_is_recorded_and_checked(tiny_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "split.npz"
+    assert train_cli(tiny_mnist_dir, out, "--arch", "simpleconvnet", "--threads", "2") == 0
+    assert load_bundle(out).metadata["training"]["threads"] == 2
+    assert train_cli(tiny_mnist_dir, tmp_path / "plain.npz", "--threads", "1") == 0
+    assert load_bundle(tmp_path / "plain.npz").metadata["training"]["threads"] == 1
+    with pytest.raises(SystemExit) as exc:
+        train_cli(tiny_mnist_dir, tmp_path / "bad.npz", "--threads", "0")
+    assert exc.value.code == 2
+
+
+def test_ctrl_c_during_a_split_run_exits_130_and_writes_nothing(tiny_mnist_dir, tmp_path):
+    """SIGINT once the epochs are under way: the worker threads must not keep the process."""
+    out = tmp_path / "never.npz"
+    command = [sys.executable, "-m", "convserve", "train", "--data-dir", str(tiny_mnist_dir)]
+    command += ["--out", str(out), "--epochs", "500", "--val-size", "100", "--threads", "2"]
+    with subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO
+    ) as process:
+        try:
+            seen = ""
+            while "train loss" not in seen:  # an epoch line: training is running
+                line = process.stderr.readline()
+                assert line, f"convserve train ended before its first epoch: {seen[-500:]}"
+                seen += line
+            process.send_signal(signal.SIGINT)
+            _, rest = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, rest[-500:]
+    assert "convserve: interrupted" in rest
+    assert not out.exists()
