@@ -57,6 +57,7 @@ from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
 from service.control import process_alive
+from service.front_http import FrontParser
 from service.front_io import (
     AFTER_RESPONSE,
     AfterResponse,
@@ -383,7 +384,7 @@ class FrontWorker(GeventWorker):
     # ------------------------------------------------------------------ a connection
     def serve_connection(self, listener, client, address) -> None:
         reader, output = DeadlineSocket(client), ResponseBuffer(client)
-        parser = http.get_parser(self.cfg, reader, address)
+        parser = FrontParser(self.cfg, reader, address)
         listener_name = self.listener_names[listener]
         req = None
         linger = "if unread"  # how to close (``close``)
