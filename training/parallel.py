@@ -269,7 +269,10 @@ def _share_backward(network: Network, x: np.ndarray, targets: np.ndarray, count:
 
 def _deal(blocks: list[tuple[str, int, int]], parts: int) -> list[list[tuple[str, int, int]]]:
     """Cut the optimizer's blocks (name, start, stop) into ``parts`` lists of (nearly) equally
-    many elements, cutting a block where a part's share ends."""
+    many elements, cutting a block where a part's share ends, and join the adjacent blocks of
+    one parameter within a part: with two threads at once, fewer and longer array operations
+    ran faster than L2-sized blocks (each operation's end waits for the GIL, which the other
+    thread holds between its own; Adam on 2 threads: 64k blocks ~1.2 ms, joined 0.8-1.1 ms)."""
     total = sum(stop - start for _, start, stop in blocks)
     bounds = [total * i // parts for i in range(parts + 1)]
     out: list[list[tuple[str, int, int]]] = [[] for _ in range(parts)]
@@ -277,7 +280,12 @@ def _deal(blocks: list[tuple[str, int, int]], parts: int) -> list[list[tuple[str
     for name, start, stop in blocks:
         for i in range(parts):
             low, high = max(bounds[i], offset), min(bounds[i + 1], offset + stop - start)
-            if low < high:
-                out[i].append((name, start + low - offset, start + high - offset))
+            if low >= high:
+                continue
+            piece = (name, start + low - offset, start + high - offset)
+            share = out[i]
+            if share and share[-1][0] == name and share[-1][2] == piece[1]:
+                piece = (name, share.pop()[1], piece[2])
+            share.append(piece)
         offset += stop - start
     return out
