@@ -55,6 +55,7 @@ from gevent.pool import Pool
 from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker
+from werkzeug.exceptions import InternalServerError
 
 from service.control import process_alive
 from service.front_http import FrontParser
@@ -64,9 +65,12 @@ from service.front_io import (
     DeadlineSocket,
     FrontResponse,
     ReadTimedOut,
+    RequestBody,
     ResponseBuffer,
     close,
     readable_now,
+    request_error,
+    write_json_error,
 )
 
 # A worker that stays busy this long with connections queued takes its share of them; one that
@@ -402,7 +406,8 @@ class FrontWorker(GeventWorker):
                 output.flush()
                 self.after_response.run_if_due()
                 req = None
-                if not parser.finish_body(deadline=reader.deadline):
+                if not self.finish_body(parser, reader):
+                    linger = "always"
                     break
                 # The fair turn: back to the event loop until the next request arrives, unless
                 # its bytes are already read (pipelined).
@@ -440,6 +445,7 @@ class FrontWorker(GeventWorker):
             req, sock, addr, listener_name, self.cfg, response_class=FrontResponse
         )
         environ["wsgi.multithread"] = True  # greenlets: requests may interleave
+        environ["wsgi.input"] = RequestBody(environ["wsgi.input"])
         environ[AFTER_RESPONSE] = self.after_response.add
         self.nr += 1
         if self.nr >= self.max_requests and self.alive:
@@ -449,6 +455,8 @@ class FrontWorker(GeventWorker):
             resp.force_close()
         try:
             body = self.wsgi(environ, resp.start_response)
+            if getattr(req.body, "failed", False):  # a malformed body: where is the next request?
+                resp.force_close()
             try:
                 for item in body:
                     resp.write(item)
@@ -466,6 +474,15 @@ class FrontWorker(GeventWorker):
         if resp.should_close():
             raise StopIteration()
 
+    def finish_body(self, parser, reader: DeadlineSocket) -> bool:
+        """Read what the app left of the answered request's body: True when the connection
+        can serve another request, False when not (the rest could not be read in time, is
+        malformed: it was answered already, so the connection simply closes)."""
+        try:
+            return parser.finish_body(deadline=reader.deadline)
+        except (http.errors.ParseException, ReadTimedOut):
+            return False
+
     def wait_for_next_request(self, client) -> bool:
         """Wait for the client's next request, in turn with the other connections: True, or
         False when it stays idle for KEEPALIVE seconds (2 s at most once the worker stops)."""
@@ -474,4 +491,16 @@ class FrontWorker(GeventWorker):
 
     def reply_timeout(self, client, exc: ReadTimedOut) -> None:
         with contextlib.suppress(OSError):
-            util.write_error(client, 408, "Request Timeout", exc.description)
+            write_json_error(client, exc)
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        """A request gunicorn could not read (400, 414, 431, 417, 501, 403, as gunicorn
+        answers them) or the app could not answer (500), in the service's JSON error shape."""
+        error = request_error(exc)
+        if error is None:
+            self.log.exception("Error handling request %s", getattr(req, "uri", "(no URI read)"))
+            error = InternalServerError()
+        else:
+            self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+        with contextlib.suppress(OSError):
+            write_json_error(client, error)

@@ -4,6 +4,7 @@ answer.
 
 * ``DeadlineSocket``: the client socket as the request parser reads it; every read ends by the
   deadline of the part being read (headers, body), then ``ReadTimedOut`` (408).
+* ``RequestBody``: the body as the app reads it; one gunicorn cannot read is a 400.
 * ``ResponseBuffer``: a response's head and body leave in one system call.
 * ``FrontResponse``: gunicorn's response framing (RFC 9110/9112), with the Date header made
   once per second rather than once per response.
@@ -12,6 +13,8 @@ answer.
   metrics' writes (service/metrics.py). While other requests wait for the worker it is put
   off, at most ``AFTER_RESPONSE_DELAY_S``, and done once for all of them.
 * ``close``: FIN first when the client may still be sending.
+* ``write_json_error``: what gunicorn answers itself (a request it could not read, a late
+  head) in the service's JSON error shape, with gunicorn's statuses, instead of its HTML.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ import time
 from collections.abc import Callable
 
 import gevent
+import orjson
 from gunicorn import SERVER, util
-from gunicorn.http import wsgi
-from werkzeug.exceptions import RequestTimeout
+from gunicorn.http import errors, wsgi
+from werkzeug import exceptions as http_errors
+from werkzeug.exceptions import HTTPException, RequestTimeout
+
+from service.errors import describe_error
 
 # The WSGI environ key under which the front offers ``AfterResponse.add`` to the app.
 AFTER_RESPONSE = "convserve.after_response"
@@ -89,6 +96,36 @@ class DeadlineSocket:
 
     def gettimeout(self) -> None:
         return None
+
+
+class RequestBody:
+    """The request body as the app reads it (``wsgi.input``): gunicorn's reader, except that a
+    body it cannot read (a malformed chunk) is raised as a 400 the app answers like any client
+    error, not as an exception the app would take for its own fault (500)."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body):
+        self.body = body
+
+    def read(self, size: int | None = None) -> bytes:
+        return self._checked(self.body.read, size)
+
+    def readline(self, size: int | None = None) -> bytes:
+        return self._checked(self.body.readline, size)
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        return self._checked(self.body.readlines, hint)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    @staticmethod
+    def _checked(read, argument):
+        try:
+            return read(argument)
+        except errors.ParseException as exc:
+            raise http_errors.BadRequest(f"the request body could not be read: {exc}") from None
 
 
 class ResponseBuffer:
@@ -206,3 +243,40 @@ def readable_now(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(0))
+
+
+# gunicorn's errors for a request it could not read -> the HTTP error each one is (the statuses
+# of gunicorn's own handle_error); first match wins. The app's faults are not here (500).
+_REQUEST_ERRORS: tuple[tuple[type[Exception], type[HTTPException]], ...] = (
+    (errors.InvalidResponseHeader, http_errors.InternalServerError),
+    (errors.InvalidResponseHeaderName, http_errors.InternalServerError),
+    (errors.ConfigurationProblem, http_errors.InternalServerError),
+    (errors.LimitRequestLine, http_errors.RequestURITooLarge),
+    (errors.LimitRequestHeaders, http_errors.RequestHeaderFieldsTooLarge),
+    (errors.ExpectationFailed, http_errors.ExpectationFailed),
+    (errors.UnsupportedTransferCoding, http_errors.NotImplemented),
+    (errors.ForbiddenProxyRequest, http_errors.Forbidden),
+    (errors.ParseException, http_errors.BadRequest),
+)
+
+
+def request_error(exc: Exception) -> HTTPException | None:
+    """The HTTP error for a request gunicorn could not read (``exc``), or None when ``exc`` is
+    not one of those (the app failed)."""
+    for kind, http_error in _REQUEST_ERRORS:
+        if isinstance(exc, kind):
+            if http_error is http_errors.InternalServerError:
+                return None
+            return http_error(f"the request could not be read: {exc}")
+    return None
+
+
+def write_json_error(sock, error: HTTPException) -> None:
+    """Answer ``error`` as ``{"error": {"code", "message"}}`` and ``Connection: close``."""
+    status, code, message = describe_error(error)
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    head = (
+        f"HTTP/1.1 {status} {error.name}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode("latin-1") + body)

@@ -195,9 +195,9 @@ def test_slow_clients_cost_no_worker_and_time_out(front):
     for client in clients:
         assert not client.is_alive()
         assert client.answer.startswith(b"HTTP/1.1 408"), client.answer[:200]
-    for client in slow_bodies:
+    for client in clients:  # late headers (the front's answer) and late bodies (the app's)
         body = client.answer.partition(b"\r\n\r\n")[2]
-        assert json.loads(body)["error"]["code"] == "request_timeout"
+        assert json.loads(body)["error"]["code"] == "request_timeout", client.answer[:300]
 
 
 def worker_of_each(server, count: int) -> dict[int, list[socket.socket]]:
@@ -303,3 +303,37 @@ def test_a_worker_serves_waiting_requests_in_arrival_order(front):
         for socks in by_pid.values():
             for sock in socks:
                 sock.close()
+
+
+MALFORMED = {
+    "request line over limit_request_line": (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 414),
+    "a field over limit_request_field_size": (
+        b"GET /healthz HTTP/1.1\r\nX-Big: " + b"v" * 9000 + b"\r\n\r\n",
+        431,
+    ),
+    "a space in a field name": (b"GET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n", 400),
+    "an invented method": (b"FROB /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "Expect: magic": (b"GET /healthz HTTP/1.1\r\nExpect: magic\r\n\r\n", 417),
+    "a malformed chunk (the app's answer)": (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_request_that_cannot_be_read_gets_a_json_4xx_and_the_connection_closes(front, case):
+    """Whether gunicorn's parser or the app finds the fault, the answer is the service's JSON
+    error shape with the status gunicorn gives it; the connection closes (where the next
+    request would start is unknown), and a request pipelined behind it is not answered."""
+    raw, expected = MALFORMED[case]
+    with connect(front) as sock:
+        sock.sendall(raw + request_bytes("GET", "/healthz"))
+        status, headers, body = read_response(sock)
+        assert status == expected, body[:300]
+        assert headers["content-type"] == "application/json"
+        error = json.loads(body)["error"]
+        assert error["code"] and error["message"]
+        assert headers["connection"] == "close"
+        assert closed_by_server(sock, timeout=5)
