@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import select
 import socket
@@ -53,17 +52,16 @@ from gevent import socket as gsocket
 from gevent.hub import Waiter
 from gevent.pool import Pool
 from gunicorn import http, util
-from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker
 from werkzeug.exceptions import InternalServerError
 
-from service.control import process_alive
+from service.front_counts import CONNECTION_COUNTS
 from service.front_http import FrontParser
 from service.front_io import (
     AFTER_RESPONSE,
     AfterResponse,
     DeadlineSocket,
-    FrontResponse,
+    EnvironMaker,
     ReadTimedOut,
     RequestBody,
     ResponseBuffer,
@@ -193,74 +191,6 @@ class TurnQueue:
 _ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
 
 
-class ConnectionCounts:
-    """How many connections each live worker holds, in memory shared by the master and the
-    workers it forks: one (pid, connections) pair of int64 per slot. The master gives each
-    new worker a slot that no live worker holds; the worker writes its pid and count there."""
-
-    SLOTS = 64
-    HIGH_WATER = 2 * (SLOTS - 1)  # the last pair's first int64: how many slots were ever used
-
-    def __init__(self):
-        self._memory = mmap.mmap(-1, self.SLOTS * 16)  # anonymous, MAP_SHARED: survives fork
-        self._values = memoryview(self._memory).cast("q")
-
-    def claim_slot(self) -> int:
-        """In the master, for a worker about to be forked: a slot no live worker holds."""
-        for slot in range(self.SLOTS - 1):
-            pid = self._values[2 * slot]
-            if pid == 0 or (pid > 0 and not process_alive(pid)):
-                self._values[2 * slot] = -1  # reserved until the worker writes its pid
-                self._values[2 * slot + 1] = 0
-                high = self.HIGH_WATER
-                self._values[high] = max(self._values[high], slot + 1)
-                return slot
-        raise RuntimeError("no free connection-count slot")
-
-    def used_slots(self) -> range:
-        """The slots any worker ever held (readers look no further)."""
-        return range(self._values[self.HIGH_WATER])
-
-    def start(self, slot: int, pid: int) -> None:
-        self._values[2 * slot + 1] = 0
-        self._values[2 * slot] = pid
-
-    def release(self, slot: int) -> None:
-        self._values[2 * slot + 1] = 0
-        self._values[2 * slot] = 0
-
-    def set(self, slot: int, connections: int) -> None:
-        self._values[2 * slot + 1] = connections
-
-    def fair_share(self, slot: int, queued: int) -> int:
-        """How many of ``queued`` new connections the worker in ``slot`` should take so that it
-        holds as many as the average live worker once they are all taken."""
-        values = self._values
-        live = [
-            other
-            for other in self.used_slots()
-            if values[2 * other] > 0 and (other == slot or process_alive(values[2 * other]))
-        ]
-        total = queued + sum(values[2 * other + 1] for other in live)
-        return -(-total // max(len(live), 1)) - values[2 * slot + 1]
-
-    def least_loaded(self, slot: int) -> bool:
-        """True if the worker in ``slot`` holds no more connections than any other live
-        worker."""
-        values = self._values
-        mine = values[2 * slot + 1]
-        for other in self.used_slots():
-            pid = values[2 * other]
-            if other != slot and pid > 0 and values[2 * other + 1] < mine and process_alive(pid):
-                return False
-        return True
-
-
-# Created when gunicorn's master imports this module (it loads the worker class before it
-# forks), so every worker shares it.
-CONNECTION_COUNTS = ConnectionCounts()
-
-
 class FrontWorker(GeventWorker):
     """gunicorn's gevent worker with fair turns, balanced accepting, read deadlines and the
     backlog drain (module docstring)."""
@@ -274,6 +204,7 @@ class FrontWorker(GeventWorker):
         self.pool: Pool | None = None
         self.turns: TurnQueue | None = None
         self.listener_names: dict = {}
+        self.environ_makers: dict = {}
         self.after_response = AfterResponse(self.others_waiting)
         self.slot = CONNECTION_COUNTS.claim_slot()  # in the master, before the fork
 
@@ -294,6 +225,10 @@ class FrontWorker(GeventWorker):
     def serve(self) -> None:
         self.pool = Pool(self.worker_connections)
         self.listener_names = {listener: listener.getsockname() for listener in self.sockets}
+        extra = {AFTER_RESPONSE: self.after_response.add}
+        self.environ_makers = {
+            name: EnvironMaker(self.cfg, name, extra) for name in self.listener_names.values()
+        }
         self.turns = TurnQueue(stopping=lambda: not self.alive)
         helpers = [gevent.spawn(self.turns.run), gevent.spawn(self.turns.sweep)]
         acceptors = [gevent.spawn(self.accept_forever, listener) for listener in self.sockets]
@@ -437,16 +372,14 @@ class FrontWorker(GeventWorker):
             close(client, linger)
 
     def handle_request(self, listener_name, req, sock, addr) -> None:
-        """One request through the app, with gunicorn's environ and response framing
-        (``wsgi.create``) but without the per-request extras of its own ``handle_request`` the
-        service does not use: its access log (the app writes one line per request itself) and
-        the pre/post-request hooks. Raises StopIteration when the connection must close."""
-        resp, environ = wsgi.create(
-            req, sock, addr, listener_name, self.cfg, response_class=FrontResponse
-        )
-        environ["wsgi.multithread"] = True  # greenlets: requests may interleave
+        """One request through the app: gunicorn's environ (``EnvironMaker``, from a template)
+        and response framing, without the per-request extras of gunicorn's own
+        ``handle_request`` the service does not use: its access log (the app writes one line
+        per request itself) and the pre/post-request hooks. Raises StopIteration when the
+        connection must close."""
+        maker = self.environ_makers[listener_name]
+        resp, environ = maker.create(req, sock, addr, listener_name)
         environ["wsgi.input"] = RequestBody(environ["wsgi.input"])
-        environ[AFTER_RESPONSE] = self.after_response.add
         self.nr += 1
         if self.nr >= self.max_requests and self.alive:
             self.log.info("Autorestarting worker after current request.")

@@ -20,6 +20,7 @@ answer.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import time
 from collections.abc import Callable
@@ -126,6 +127,77 @@ class RequestBody:
             return read(argument)
         except errors.ParseException as exc:
             raise http_errors.BadRequest(f"the request body could not be read: {exc}") from None
+
+
+class EnvironMaker:
+    """The WSGI environ of each request, as gunicorn's ``wsgi.create`` makes it for HTTP/1.x
+    over TCP (tests/service/test_front_http.py compares the two), from a template of what
+    every request of the worker shares, made once: ``create`` rebuilds that part (a
+    ``wsgi.errors`` wrapper looking up loggers, config lookups, ``os.environ``) per request.
+    Requests it does not cover (a unix socket, the PROXY protocol) go to ``wsgi.create``.
+    ``extra``: keys added to every environ (the front's ``AFTER_RESPONSE``)."""
+
+    def __init__(self, cfg, listener_name, extra: dict):
+        self.cfg = cfg
+        self.covered = isinstance(listener_name, tuple) and cfg.proxy_protocol == "off"
+        self.extra = extra | {"wsgi.multithread": True}  # greenlets: requests may interleave
+        self.template = wsgi.base_environ(cfg) | self.extra
+        if self.covered:
+            self.template["SERVER_NAME"] = str(listener_name[0])
+            self.template["SERVER_PORT"] = str(listener_name[1])
+        self.script_name = os.environ.get("SCRIPT_NAME", "")
+
+    def create(self, req, sock, addr, listener_name) -> tuple[FrontResponse, dict]:
+        """(response writer, environ) for ``req`` read from ``sock`` (client ``addr``)."""
+        if not self.covered or not isinstance(addr, tuple):
+            resp, environ = wsgi.create(req, sock, addr, listener_name, self.cfg, FrontResponse)
+            return resp, environ | self.extra
+        resp = FrontResponse(req, sock, self.cfg)
+        environ = self.template.copy()
+        environ["wsgi.input"] = req.body
+        environ["gunicorn.socket"] = sock
+        environ["REQUEST_METHOD"] = req.method
+        environ["QUERY_STRING"] = req.query
+        environ["RAW_URI"] = req.uri
+        environ["SERVER_PROTOCOL"] = f"HTTP/{req.version[0]}.{req.version[1]}"
+        if req._expected_100_continue:
+            sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        script_name = self._add_headers(req.headers, environ)
+        environ["wsgi.url_scheme"] = req.scheme
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = addr[0], str(addr[1])
+        path_info = req.path
+        if script_name:
+            if not path_info.startswith(script_name):
+                raise errors.ConfigurationProblem(
+                    f"Request path {path_info!r} does not start with SCRIPT_NAME {script_name!r}"
+                )
+            path_info = path_info[len(script_name) :]
+        environ["PATH_INFO"] = util.unquote_to_wsgi_str(path_info)
+        environ["SCRIPT_NAME"] = script_name
+        return resp, environ
+
+    def _add_headers(self, headers: list[tuple[str, str]], environ: dict) -> str:
+        """Header fields -> CONTENT_TYPE, CONTENT_LENGTH, HTTP_* (repeated ones joined with
+        ","); returns the SCRIPT_NAME (a ``SCRIPT_NAME`` field overrides the setting)."""
+        script_name = self.script_name
+        repeated: dict[str, list[str]] = {}
+        for name, value in headers:
+            if name == "CONTENT-TYPE":
+                environ["CONTENT_TYPE"] = value
+                continue
+            if name == "CONTENT-LENGTH":
+                environ["CONTENT_LENGTH"] = value
+                continue
+            if name == "SCRIPT_NAME":
+                script_name = value
+            key = "HTTP_" + name.replace("-", "_")
+            if key in environ:
+                repeated.setdefault(key, [environ[key]]).append(value)
+            else:
+                environ[key] = value
+        for key, values in repeated.items():
+            environ[key] = ",".join(values)
+        return script_name
 
 
 class ResponseBuffer:

@@ -44,6 +44,9 @@ ACCEPTED = {
     ),
     "empty header value": head(b"GET / HTTP/1.1", b"X-Empty: "),
     "header value with tabs and spaces": head(b"GET / HTTP/1.1", b"X-Spaced: a \t b"),
+    "a path under a mount point": head(b"GET /api/healthz?x=1 HTTP/1.1", b"Host: x:81"),
+    # A trusted proxy (forwarded_allow_ips) may set SCRIPT_NAME (gunicorn's forwarder_headers).
+    "SCRIPT_NAME from a trusted proxy": head(b"GET /api/healthz HTTP/1.1", b"SCRIPT_NAME: /a"),
 }
 
 REFUSED = {
@@ -138,3 +141,47 @@ def test_an_invented_method_is_a_bad_request_here():
     with pytest.raises(errors.InvalidRequestMethod):
         read(FrontParser, head(b"FROB / HTTP/1.1"))
     assert read(http.RequestParser, head(b"FROB / HTTP/1.1"))["method"] == "FROB"
+
+
+class Sent:
+    """A client socket that keeps what the server sends (the "100 Continue")."""
+
+    def __init__(self):
+        self.sent = b""
+
+    def send(self, data: bytes) -> int:
+        self.sent += data
+        return len(data)
+
+
+# The objects and callbacks differ by identity; everything else must be equal.
+NOT_COMPARED = {"wsgi.errors", "wsgi.input", "gunicorn.socket", "wsgi.early_hints"}
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_the_environ_is_the_one_gunicorn_makes(case, monkeypatch):
+    """service/front_io.py's ``EnvironMaker`` against gunicorn's own ``wsgi.create``, for every
+    well-formed head above, with and without a SCRIPT_NAME."""
+    from gunicorn.http import wsgi
+
+    from service.front_io import EnvironMaker, FrontResponse
+
+    listener = ("127.0.0.1", 8000)
+    client = ("127.0.0.1", 40000)
+    for script_name in ("", "/api"):
+        monkeypatch.setenv("SCRIPT_NAME", script_name)
+        if script_name and not read(FrontParser, ACCEPTED[case])["path"].startswith("/api"):
+            continue
+        maker = EnvironMaker(Config(), listener, {"convserve.test": 1})
+        request = next(FrontParser(Config(), Source(ACCEPTED[case]), client))
+        ours_sent, theirs_sent = Sent(), Sent()
+        _, ours = maker.create(request, ours_sent, client, listener)
+        _, theirs = wsgi.create(request, theirs_sent, client, listener, Config(), FrontResponse)
+        assert ours.pop("convserve.test") == 1 and ours.pop("wsgi.multithread") is True
+        theirs.pop("wsgi.multithread")
+        assert {k: v for k, v in ours.items() if k not in NOT_COMPARED} == {
+            k: v for k, v in theirs.items() if k not in NOT_COMPARED
+        }
+        assert ours_sent.sent == theirs_sent.sent  # "100 Continue" when asked, once
+        if script_name and case == "a path under a mount point":
+            assert (ours["SCRIPT_NAME"], ours["PATH_INFO"]) == ("/api", "/healthz")
