@@ -8,7 +8,8 @@ differences from running the doc verbatim:
 
 * ``localhost:8000`` and ``127.0.0.1:8000`` -> the test's server (``CONVSERVE_URL`` too, for
   ``convserve predict``), ``/tmp/demo-store`` -> a scratch store, ``/path/to/mnist`` -> MNIST;
-* ``DRAIN_SECONDS=0`` in the environment, so stopping a server takes no 5 s drain;
+* ``DRAIN_SECONDS=0`` in the environment, so stopping a server takes no 5 s drain, and
+  ``CONVSERVE_TRAIN_THREADS=2``, the thread count the docs' training figures were made with;
 * a command that starts a server (``make serve``, ``convserve serve``, ``gunicorn``) is started
   on a free port in the background, in its own process group, and counts as done once
   ``/healthz`` answers; one that exits instead (a refused setting) is compared like any other
@@ -146,6 +147,9 @@ def run_blocks(blocks, scratch: Path, mnist_dir: Path, shared_port: int, timeout
         "PATH": f"{scratch / '.venv/bin'}:{os.environ['PATH']}",
         "MNIST_DIR": str(mnist_dir),
         "DRAIN_SECONDS": "0",  # a server an example started stops at once
+        # A training's last float32 bits depend on how many threads split each batch
+        # (docs/TRAINING.md); the docs' figures were made with the 2 of this kind of machine.
+        "CONVSERVE_TRAIN_THREADS": "2",
     }
     for name in ("MODEL_STORE", "PROMETHEUS_MULTIPROC_DIR", "ADMIN_TOKEN"):
         env.pop(name, None)
