@@ -34,10 +34,8 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,27 +48,16 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from serve_load import (  # noqa: E402
-    free_port,
-    rss_mb,
-    run_wrk,
-    sample_digit,
-    wrk_post_script,
+from peer_servers import (  # noqa: E402
+    WORKER_CLASSES,
+    Server,
+    build_servers,
+    convserve,
+    ensure_peers_venv,
+    warm_up,
 )
+from serve_load import free_port, rss_mb, run_wrk  # noqa: E402
 
-from training.store import ModelStore  # noqa: E402
-
-PEERS_VENV = REPO / ".venv-peers"
-# What each peer needs besides the repository (training/ imports numpy and scipy).
-PEER_PACKAGES = {"kserve": ["kserve"], "fastapi": ["fastapi", "uvicorn[standard]"]}
-COMMON_PACKAGES = ["numpy", "scipy", "orjson"]
-# gunicorn's own worker classes, for --worker-classes (command-line options override the config).
-WORKER_CLASSES = {
-    "sync": ["-k", "sync"],
-    "gthread": ["-k", "gthread", "--threads", "4"],
-    "gevent": ["-k", "gevent"],
-}
-ONE_BLAS_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TARGETS = {
     "predict_vs_kserve_v1": {1: 1.0, 16: 1.1, 64: 1.1},
     "v2_vs_kserve_v2": 1.2,
@@ -80,184 +67,7 @@ TARGETS = {
 }
 
 
-# ---------------------------------------------------------------------------- the peers' venv
-def ensure_peers_venv(peers: list[str]) -> dict[str, str]:
-    """Create .venv-peers if needed and install each peer into it; returns {peer: why not}
-    for the peers that could not be installed."""
-    python = PEERS_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
-    failed = {}
-    for peer in peers:
-        stamp = PEERS_VENV / f".installed-{peer}"
-        if stamp.exists():
-            continue
-        command = [str(python), "-m", "pip", "install", "--quiet"]
-        done = subprocess.run(
-            command + COMMON_PACKAGES + PEER_PACKAGES[peer], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            failed[peer] = (done.stderr or done.stdout).strip().splitlines()[-1:]
-            print(f"peers: could not install {peer}, leaving it out: {failed[peer]}", flush=True)
-        else:
-            stamp.touch()
-    return failed
-
-
-# ----------------------------------------------------------------------------------- servers
-@dataclass
-class Route:
-    path: str
-    body: bytes
-    script: Path | None = None  # the wrk script that posts ``body``
-
-
-@dataclass
-class Server:
-    """One server process group on a free port, started alone and stopped with SIGTERM."""
-
-    name: str
-    argv: list[str]
-    env: dict
-    routes: dict[str, Route]
-    ready_path: str
-    cwd: Path = REPO
-    port: int = 0
-    process: subprocess.Popen | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 120) -> None:
-        argv = [part.replace("{port}", str(self.port)) for part in self.argv]
-        env = {name: value.replace("{port}", str(self.port)) for name, value in self.env.items()}
-        self.process = subprocess.Popen(
-            argv,
-            cwd=self.cwd,
-            env={**os.environ, **ONE_BLAS_THREAD, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
-            try:
-                if requests.get(self.url + self.ready_path, timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"{self.name} not ready within {timeout} s")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        time.sleep(0.5)  # let the ports and the CPU settle
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of every process of the server's group so far."""
-        ticks, total = os.sysconf("SC_CLK_TCK"), 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            if int(fields[2]) == self.process.pid:  # the process group (field 5)
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / ticks
-
-    def worker_pids(self) -> list[int]:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
-
-
-def convserve(store: Path, routes: dict[str, Route], name="convserve", extra=()) -> Server:
-    return Server(
-        name=name,
-        argv=[str(Path(sys.executable).with_name("gunicorn")), "-c", "service/gunicorn.conf.py"]
-        + list(extra)
-        + ["service.app:create_app()"],
-        env={
-            "BIND": "127.0.0.1:{port}",
-            "WORKERS": "2",
-            "MODEL_STORE": str(store),
-            "LOG_LEVEL": "warning",
-            "DRAIN_SECONDS": "0",
-        },
-        routes=routes,
-        ready_path="/readyz",
-    )
-
-
-def kserve(store: Path, routes: dict[str, Route]) -> Server:
-    return Server(
-        name="kserve",
-        argv=[str(PEERS_VENV / "bin" / "python"), "peer_kserve.py", "--port", "{port}"]
-        + ["--workers", "2"],
-        env={"PEER_STORE": str(store)},
-        routes=routes,
-        ready_path="/v2/models/mnist/ready",
-        cwd=REPO / "benchmarks",
-    )
-
-
-def fastapi(store: Path, routes: dict[str, Route]) -> Server:
-    return Server(
-        name="fastapi",
-        argv=[str(PEERS_VENV / "bin" / "python"), "-m", "uvicorn", "--app-dir", "benchmarks"]
-        + ["peer_apps:fastapi_app", "--factory", "--host", "127.0.0.1", "--port", "{port}"]
-        + ["--workers", "2", "--no-access-log", "--log-level", "warning"],
-        env={"PEER_STORE": str(store)},
-        routes=routes,
-        ready_path="/healthz",
-    )
-
-
-def build_routes(directory: Path) -> dict[str, Route]:
-    """The request bodies: one 28x28 MNIST digit in each protocol's JSON."""
-    pixels, _ = sample_digit()
-    flat = [value for row in pixels for value in row]
-    bodies = {
-        "predict": ("/predict", {"image": pixels}),
-        "kserve_v1": ("/v1/models/mnist:predict", {"instances": [pixels]}),
-        "v2": (
-            "/v2/models/mnist/infer",
-            {"inputs": [{"name": "input", "shape": [1, 28, 28], "datatype": "FP32", "data": flat}]},
-        ),
-    }
-    routes = {}
-    for key, (path, document) in bodies.items():
-        body = json.dumps(document, separators=(",", ":"))
-        folder = directory / key
-        folder.mkdir()
-        routes[key] = Route(path, body.encode(), wrk_post_script(folder, body))
-    return routes
-
-
 # ------------------------------------------------------------------------------ measurements
-def warm_up(server: Server) -> None:
-    with requests.Session() as session:
-        for route in server.routes.values():
-            for _ in range(200):
-                answer = session.post(
-                    server.url + route.path,
-                    data=route.body,
-                    headers={"Content-Type": "application/json"},
-                    timeout=10,
-                )
-                answer.raise_for_status()
-
-
 def throughput(servers: list[Server], levels: list[int], reps: int, duration: float) -> dict:
     """{server: {route: {level: [wrk result per repetition]}}}, each server alone in turn."""
     runs: dict = {server.name: {} for server in servers}
@@ -318,13 +128,8 @@ class Dribbler(threading.Thread):
 
     def __init__(self, url_port: int, head: bytes, tail: bytes, interval: float, stop):
         super().__init__(daemon=True)
-        self.port, self.head, self.tail, self.interval, self.stop = (
-            url_port,
-            head,
-            tail,
-            interval,
-            stop,
-        )
+        self.port, self.head, self.tail = url_port, head, tail
+        self.interval, self.stop = interval, stop
 
     def run(self) -> None:
         try:
@@ -451,89 +256,94 @@ def row(rows: list[dict], server: str, route: str, level: int) -> dict | None:
     return None
 
 
+# --------------------------------------------------------------------------------- targets
+def versus_kserve(
+    rows: list[dict], level: int, what: str, route: str, kserve_route: str, target: float
+) -> tuple | None:
+    """convserve's req/s on ``route`` over KServe's on ``kserve_route`` at ``level``
+    connections against ``target`` (a ratio), or None if either was not measured."""
+    ours, theirs = row(rows, "convserve", route, level), row(rows, "kserve", kserve_route, level)
+    if not (ours and theirs):
+        return None
+    ratio = ours["rps"] / theirs["rps"]
+    return (f"{what}, c={level}", f"{ratio:.2f}x", f">= {target}x", ratio >= target)
+
+
+def level_checks(rows: list[dict], level: int) -> list[tuple]:
+    """The keep-alive targets at ``level`` connections: /predict and V2 infer against KServe's
+    V1 and V2 routes, and /predict's p99 (ms); only the levels the issue sets a target for."""
+    checks = []
+    v1_targets = TARGETS["predict_vs_kserve_v1"]
+    if level in v1_targets:
+        what = "/predict vs KServe V1"
+        checks.append(versus_kserve(rows, level, what, "predict", "kserve_v1", v1_targets[level]))
+    what, target = "V2 infer vs KServe V2", TARGETS["v2_vs_kserve_v2"]
+    checks.append(versus_kserve(rows, level, what, "v2", "v2", target))
+    ours = row(rows, "convserve", "predict", level)
+    if ours and level in TARGETS["p99_ms"]:
+        p99, target = ours["p99_ms"], TARGETS["p99_ms"][level]
+        what = f"/predict p99, c={level}"
+        checks.append((what, f"{p99:.1f} ms", f"<= {target:g} ms", p99 <= target))
+    return [check for check in checks if check]
+
+
+def errors_check(rows: list[dict]) -> tuple:
+    """convserve's failed requests over every keep-alive run: there must be none."""
+    count = sum(entry["errors"] for entry in rows if entry["server"] == "convserve")
+    return ("convserve errors (all keep-alive runs)", str(count), "0", count == 0)
+
+
+def close_check(close: dict) -> tuple:
+    """Today's front against gunicorn's sync workers with ``Connection: close`` clients: the
+    median req/s must be no worse, with 3 % of slack."""
+    front, sync = (
+        statistics.median(r["rps"] for r in close[name]) for name in ("convserve", "convserve-sync")
+    )
+    what, met = "Connection: close, front vs sync workers", front >= 0.97 * sync
+    return (what, f"{front / sync:.2f}x", ">= 1.0x (no worse)", met)
+
+
+def slow_check(slow: dict) -> tuple:
+    """The slowest answer (s) a normal client got from convserve among slow clients, and its
+    failed requests."""
+    figure = f"{slow['slowest_s'] * 1000:.0f} ms, {slow['failures']} failed"
+    met = slow["slowest_s"] < TARGETS["slow_client_answer_s"] and not slow["failures"]
+    return ("slowest normal answer among slow clients", figure, "< 1 s, 0 failed", met)
+
+
+def memory_check(mem: dict) -> tuple:
+    """The largest growth of a worker's RSS (MB) between the first requests and the last."""
+    growth = max(worker["growth_mb"] for worker in mem["workers"])
+    what = f"worker RSS growth, {mem['first_requests']} -> {mem['requests']} requests"
+    limit = TARGETS["rss_growth_mb"]
+    return (what, f"{growth:+.1f} MB", f"<= {limit:g} MB", growth <= limit)
+
+
 def verdicts(rows: list[dict], levels: list[int], close: dict, slow: dict, mem: dict) -> list:
     """(what, figure, target, met) for each of the issue's targets that was measured."""
-    checks = []
-    for level in levels:
-        ours, theirs = (
-            row(rows, "convserve", "predict", level),
-            row(rows, "kserve", "kserve_v1", level),
-        )
-        if ours and theirs and level in TARGETS["predict_vs_kserve_v1"]:
-            ratio = ours["rps"] / theirs["rps"]
-            target = TARGETS["predict_vs_kserve_v1"][level]
-            checks.append(
-                (
-                    f"/predict vs KServe V1, c={level}",
-                    f"{ratio:.2f}x",
-                    f">= {target}x",
-                    ratio >= target,
-                )
-            )
-        ours, theirs = row(rows, "convserve", "v2", level), row(rows, "kserve", "v2", level)
-        if ours and theirs:
-            ratio = ours["rps"] / theirs["rps"]
-            target = TARGETS["v2_vs_kserve_v2"]
-            checks.append(
-                (
-                    f"V2 infer vs KServe V2, c={level}",
-                    f"{ratio:.2f}x",
-                    f">= {target}x",
-                    ratio >= target,
-                )
-            )
-        ours = row(rows, "convserve", "predict", level)
-        if ours and level in TARGETS["p99_ms"]:
-            target = TARGETS["p99_ms"][level]
-            checks.append(
-                (
-                    f"/predict p99, c={level}",
-                    f"{ours['p99_ms']:.1f} ms",
-                    f"<= {target:g} ms",
-                    ours["p99_ms"] <= target,
-                )
-            )
-    ours_errors = sum(entry["errors"] for entry in rows if entry["server"] == "convserve")
-    checks.append(
-        ("convserve errors (all keep-alive runs)", str(ours_errors), "0", ours_errors == 0)
-    )
+    checks = [check for level in levels for check in level_checks(rows, level)]
+    checks.append(errors_check(rows))
     if close:
-        front, sync = (
-            statistics.median(r["rps"] for r in close[name])
-            for name in ("convserve", "convserve-sync")
-        )
-        checks.append(
-            (
-                "Connection: close, front vs sync workers",
-                f"{front / sync:.2f}x",
-                ">= 1.0x (no worse)",
-                front >= 0.97 * sync,
-            )
-        )
-    slow = slow.get("convserve")
-    if slow:
-        checks.append(
-            (
-                "slowest normal answer among slow clients",
-                f"{slow['slowest_s'] * 1000:.0f} ms, {slow['failures']} failed",
-                "< 1 s, 0 failed",
-                slow["slowest_s"] < TARGETS["slow_client_answer_s"] and not slow["failures"],
-            )
-        )
+        checks.append(close_check(close))
+    if slow.get("convserve"):
+        checks.append(slow_check(slow["convserve"]))
     if mem:
-        growth = max(worker["growth_mb"] for worker in mem["workers"])
-        checks.append(
-            (
-                f"worker RSS growth, {mem['first_requests']} -> {mem['requests']} requests",
-                f"{growth:+.1f} MB",
-                f"<= {TARGETS['rss_growth_mb']:g} MB",
-                growth <= TARGETS["rss_growth_mb"],
-            )
-        )
+        checks.append(memory_check(mem))
     return checks
 
 
-def main() -> int:
+# ------------------------------------------------------------------------------------- main
+@dataclass
+class Measured:
+    """What one run measured; each optional phase stays empty when skipped."""
+
+    rows: list[dict]  # summarize()'s keep-alive rows
+    close: dict = field(default_factory=dict)  # {server: [wrk results]}, Connection: close
+    slow: dict = field(default_factory=dict)  # {server: slow_clients()}
+    memory: dict = field(default_factory=dict)  # memory()'s figures for convserve
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,16,64", help="wrk connections (default 1,16,64)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
@@ -552,7 +362,116 @@ def main() -> int:
         "--version", type=int, default=1, help="the embedded version every server serves"
     )
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure(
+    store: Path, servers: list[Server], levels: list[int], skip: set[str], args: argparse.Namespace
+) -> Measured:
+    """Every phase not in ``skip``: keep-alive throughput for every server, then, for
+    convserve (``servers[0]``), Connection: close against sync workers, slow clients (every
+    server) and memory."""
+    ours = servers[0]
+    print(f"throughput: {args.reps} reps x {len(servers)} servers, levels {levels}", flush=True)
+    runs = throughput(servers, levels, args.reps, args.duration)
+    measured = Measured(rows=summarize(runs, levels))
+    if "close" not in skip:
+        sync = convserve(store, ours.routes, name="convserve-sync", extra=["-k", "sync"])
+        sync.port = free_port()
+        print("Connection: close clients, the front against sync workers", flush=True)
+        measured.close = closing_clients([ours, sync], 16, args.reps, args.duration)
+    if "slow" not in skip:
+        print("slow clients", flush=True)
+        for server in servers:
+            measured.slow[server.name] = slow_clients(server, args.slow_seconds)
+            print(f"  {server.name:15} {measured.slow[server.name]}", flush=True)
+    if "memory" not in skip:
+        print("memory", flush=True)
+        measured.memory = memory(ours, args.memory_requests, args.memory_seconds)
+    return measured
+
+
+def build_report(
+    args: argparse.Namespace,
+    levels: list[int],
+    not_installed: dict,
+    loadavg_start: tuple,
+    measured: Measured,
+) -> dict:
+    """The run's JSON document: the machine, the figures and the verdict on each target."""
+    close = {
+        name: {"rps": median_of(results, "rps"), "p99_ms": median_of(results, "p99_ms")}
+        for name, results in measured.close.items()
+    }
+    checks = verdicts(measured.rows, levels, measured.close, measured.slow, measured.memory)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "loadavg_start": loadavg_start,
+        "loadavg_end": os.getloadavg(),
+        "duration_s": args.duration,
+        "reps": args.reps,
+        "not_installed": not_installed,
+        "rows": measured.rows,
+        "close": close,
+        "slow_clients": measured.slow,
+        "memory": measured.memory,
+        "targets": [
+            {"what": what, "figure": figure, "target": target, "met": met}
+            for what, figure, target, met in checks
+        ],
+    }
+
+
+def print_throughput(report: dict) -> None:
+    """The heading and one line per server, route and concurrency (medians)."""
+    print(
+        f"\nconvserve vs peers  {report['date']}  {report['machine']}  "
+        f"wrk {report['duration_s']:g} s x {report['reps']} reps (medians)  "
+        f"loadavg {report['loadavg_start'][0]:.2f} -> {report['loadavg_end'][0]:.2f}"
+    )
+    for peer, why in report["not_installed"].items():
+        print(f"not measured: {peer} (install failed: {why})")
+    print(
+        f"{'server':10} {'route':10} {'conc':>4} {'req/s':>8} {'p50':>8} {'p99':>9} {'err':>4} "
+        f"{'CPU/req':>8}  runs"
+    )
+    for entry in report["rows"]:
+        print(
+            f"{entry['server']:10} {entry['route']:10} {entry['concurrency']:>4} "
+            f"{entry['rps']:>8.0f} {entry['p50_ms']:>6.2f}ms {entry['p99_ms']:>7.2f}ms "
+            f"{entry['errors']:>4} {entry['server_cpu_us']:>6.0f}us  {entry['runs']}"
+        )
+
+
+def print_report(report: dict) -> None:
+    """The report as text: the throughput table, the convserve-only phases, the targets."""
+    print_throughput(report)
+    for name, figures in report["close"].items():
+        print(
+            f"Connection: close c=16  {name:15} {figures['rps']:8.0f} req/s  "
+            f"p99 {figures['p99_ms']:.2f} ms"
+        )
+    mem = report["memory"]
+    for number, worker in enumerate(mem.get("workers", []), 1):
+        print(
+            f"worker {number}: RSS {worker['after_first_mb']:.1f} MB after the first "
+            f"{mem['first_requests']} requests, {worker['after_all_mb']:.1f} MB after "
+            f"{mem['requests']} ({worker['growth_mb']:+.1f} MB)"
+        )
+    for name, figures in report["slow_clients"].items():
+        print(
+            f"slow clients, {name:15} slowest normal answer {figures['slowest_s'] * 1000:.0f} ms, "
+            f"{figures['failures']} failed of {figures['answered'] + figures['failures']}"
+        )
+    print("\ntargets:")
+    for check in report["targets"]:
+        verdict = "MET " if check["met"] else "NOT "
+        print(f"  {verdict} {check['what']}: {check['figure']} ({check['target']})")
+
+
+def main() -> int:
+    args = parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -562,107 +481,14 @@ def main() -> int:
     not_installed = ensure_peers_venv(peers)
     peers = [peer for peer in peers if peer not in not_installed]
     loadavg_start = os.getloadavg()
-
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        store = tmp / "store"
-        shutil.copytree(REPO / "model_store", store)
-        # The version every server serves: the plain network (mnist:1), whose /predict is
-        # predict_proba and nothing more (mnist:2 adds the not-a-digit detector in convserve
-        # only, which would measure more than the HTTP stacks).
-        ModelStore(store).promote("mnist", args.version, "production", force=True)
-        routes = build_routes(tmp)
-        ours = convserve(store, {key: routes[key] for key in ("predict", "v2")})
-        makers = {"kserve": (kserve, ("kserve_v1", "v2")), "fastapi": (fastapi, ("predict",))}
-        servers = [ours] + [
-            makers[peer][0](store, {key: routes[key] for key in makers[peer][1]}) for peer in peers
-        ]
-        if args.worker_classes:
-            # The front against gunicorn's own worker classes, same config otherwise.
-            servers = [ours] + [
-                convserve(store, ours.routes, name=f"convserve-{name}", extra=WORKER_CLASSES[name])
-                for name in args.worker_classes.split(",")
-            ]
-        for server in servers:
-            server.port = free_port()
-        print(f"throughput: {args.reps} reps x {len(servers)} servers, levels {levels}", flush=True)
-        runs = throughput(servers, levels, args.reps, args.duration)
-        rows = summarize(runs, levels)
-        close, slow, mem = {}, {}, {}
-        if "close" not in skip:
-            sync = convserve(store, ours.routes, name="convserve-sync", extra=["-k", "sync"])
-            sync.port = free_port()
-            print("Connection: close clients, the front against sync workers", flush=True)
-            close = closing_clients([ours, sync], 16, args.reps, args.duration)
-        if "slow" not in skip:
-            print("slow clients", flush=True)
-            for server in servers:
-                slow[server.name] = slow_clients(server, args.slow_seconds)
-                print(f"  {server.name:15} {slow[server.name]}", flush=True)
-        if "memory" not in skip:
-            print("memory", flush=True)
-            mem = memory(ours, args.memory_requests, args.memory_seconds)
-
-    report = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-        "loadavg_start": loadavg_start,
-        "loadavg_end": os.getloadavg(),
-        "duration_s": args.duration,
-        "reps": args.reps,
-        "not_installed": not_installed,
-        "rows": rows,
-        "close": {
-            name: {"rps": median_of(results, "rps"), "p99_ms": median_of(results, "p99_ms")}
-            for name, results in close.items()
-        },
-        "slow_clients": slow,
-        "memory": mem,
-        "targets": [
-            {"what": what, "figure": figure, "target": target, "met": met}
-            for what, figure, target, met in verdicts(rows, levels, close, slow, mem)
-        ],
-    }
+        store, servers = build_servers(Path(tmp), peers, args.version, args.worker_classes)
+        measured = measure(store, servers, levels, skip, args)
+    report = build_report(args, levels, not_installed, loadavg_start, measured)
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    print(
-        f"\nconvserve vs peers  {report['date']}  {report['machine']}  wrk {args.duration:g} s "
-        f"x {args.reps} reps (medians)  loadavg {loadavg_start[0]:.2f} -> "
-        f"{report['loadavg_end'][0]:.2f}"
-    )
-    for peer, why in not_installed.items():
-        print(f"not measured: {peer} (install failed: {why})")
-    print(
-        f"{'server':10} {'route':10} {'conc':>4} {'req/s':>8} {'p50':>8} {'p99':>9} {'err':>4} "
-        f"{'CPU/req':>8}  runs"
-    )
-    for entry in rows:
-        print(
-            f"{entry['server']:10} {entry['route']:10} {entry['concurrency']:>4} "
-            f"{entry['rps']:>8.0f} {entry['p50_ms']:>6.2f}ms {entry['p99_ms']:>7.2f}ms "
-            f"{entry['errors']:>4} {entry['server_cpu_us']:>6.0f}us  {entry['runs']}"
-        )
-    for name, figures in report["close"].items():
-        print(
-            f"Connection: close c=16  {name:15} {figures['rps']:8.0f} req/s  "
-            f"p99 {figures['p99_ms']:.2f} ms"
-        )
-    for number, worker in enumerate(mem.get("workers", []), 1):
-        print(
-            f"worker {number}: RSS {worker['after_first_mb']:.1f} MB after the first "
-            f"{mem['first_requests']} requests, {worker['after_all_mb']:.1f} MB after "
-            f"{mem['requests']} ({worker['growth_mb']:+.1f} MB)"
-        )
-    for name, figures in slow.items():
-        print(
-            f"slow clients, {name:15} slowest normal answer {figures['slowest_s'] * 1000:.0f} ms, "
-            f"{figures['failures']} failed of {figures['answered'] + figures['failures']}"
-        )
-    print("\ntargets:")
-    for check in report["targets"]:
-        verdict = "MET " if check["met"] else "NOT "
-        print(f"  {verdict} {check['what']}: {check['figure']} ({check['target']})")
+    else:
+        print_report(report)
     return 0
 
 
