@@ -66,7 +66,6 @@ from service.front_io import (
     RequestBody,
     ResponseBuffer,
     close,
-    readable_now,
     request_error,
     write_json_error,
 )
@@ -132,10 +131,6 @@ class TurnQueue:
         self.waiting: dict[int, tuple[Waiter, float]] = {}  # fd -> (its greenlet, idle until)
         self.registered: set[int] = set()
         self.woken = 0  # connections woken with a request, not yet running again
-
-    def requests_waiting(self) -> bool:
-        """True when a waiting connection's next request has arrived (woken, or about to be)."""
-        return self.woken > 0 or readable_now(self.epoll.fileno())
 
     def wait(self, fd: int, idle_s: float) -> bool:
         """Until the connection ``fd`` has bytes (True) or has been idle ``idle_s`` (False)."""
@@ -255,9 +250,11 @@ class FrontWorker(GeventWorker):
         self.after_response.run_all()
 
     def others_waiting(self) -> bool:
-        """True when another request waits for this worker: a kept-alive connection's, or a new
-        connection in a listening socket's queue."""
-        return self.turns.requests_waiting() or any(queued(sock) for sock in self.sockets)
+        """True when this worker may have another request to serve: a kept-alive connection
+        woken with one, or any other connection it holds (it may be sending one). Only decides
+        whether bookkeeping waits (at most ``AFTER_RESPONSE_DELAY_S``), so it asks no system
+        call."""
+        return self.turns.woken > 0 or len(self.pool) > 1
 
     # ------------------------------------------------------------------ accepting
     def accept_forever(self, listener) -> None:
