@@ -226,7 +226,11 @@ class ResponseBuffer:
         if self.parts:
             data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
             self.parts, self.size = [], 0
-            self.sock.sendall(data)
+            # One send: an answer this size fits the socket's buffer (gevent's sendall asks
+            # the kernel for that buffer's size first, every time); the rest, if any, after.
+            sent = self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
 
     def sendfile(self, *args, **kwargs):
         self.flush()

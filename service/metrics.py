@@ -110,7 +110,7 @@ class _Observations:
 
     def __init__(self, child):
         # prometheus-client keeps a child's bounds, sum and bucket values in these attributes
-        # (tests/service/test_metrics_writes.py checks the result against observe()).
+        # (tests/service/test_front_io.py checks the result against observe()).
         self.child = child
         self.bounds = child._upper_bounds
         self.total = 0.0

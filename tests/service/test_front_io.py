@@ -1,6 +1,7 @@
-"""The per-request metric updates kept in memory (service/metrics.py: ``PendingWrites``) and
-written later give the same exposition as prometheus-client's own updates, and the server
-writes them after the answer has left (service/front_io.py: ``AfterResponse``)."""
+"""The front's per-connection pieces (service/front_io.py): the work left for after an answer
+(``AfterResponse``) and what it writes, the per-request metric updates kept in memory
+(service/metrics.py: ``PendingWrites``), which give the same exposition as prometheus-client's
+own updates; and one write per answer (``ResponseBuffer``) that still sends all of it."""
 
 from __future__ import annotations
 
@@ -92,3 +93,31 @@ def test_run_all_empties_the_queue(waiting):
     after.add(lambda: ran.append(1))
     after.run_all()
     assert ran == [1] and after.pending == {}
+
+
+class PartialSocket:
+    """A socket whose send() takes at most ``limit`` bytes, like a full kernel buffer."""
+
+    def __init__(self, limit: int):
+        self.limit, self.wire = limit, b""
+
+    def send(self, data) -> int:
+        taken = bytes(data[: self.limit])
+        self.wire += taken
+        return len(taken)
+
+    def sendall(self, data) -> None:
+        self.wire += bytes(data)
+
+
+@pytest.mark.parametrize("limit", [1 << 20, 10, 0])
+def test_an_answer_leaves_whole_however_much_one_send_takes(limit):
+    from service.front_io import ResponseBuffer
+
+    sock = PartialSocket(limit)
+    output = ResponseBuffer(sock)
+    output.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    output.sendall(b"x" * 100)
+    assert sock.wire == b""  # kept until flush: one write per answer
+    output.flush()
+    assert sock.wire == b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 100
