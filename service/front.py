@@ -200,7 +200,7 @@ class FrontWorker(GeventWorker):
         self.turns: TurnQueue | None = None
         self.listener_names: dict = {}
         self.environ_makers: dict = {}
-        self.after_response = AfterResponse(self.others_waiting)
+        self.after_response = AfterResponse()
         self.slot = CONNECTION_COUNTS.claim_slot()  # in the master, before the fork
 
     # ------------------------------------------------------------------ process
@@ -248,13 +248,6 @@ class FrontWorker(GeventWorker):
             self.pool.kill(block=True, timeout=1)
         gevent.killall(helpers)
         self.after_response.run_all()
-
-    def others_waiting(self) -> bool:
-        """True when this worker may have another request to serve: a kept-alive connection
-        woken with one, or any other connection it holds (it may be sending one). Only decides
-        whether bookkeeping waits (at most ``AFTER_RESPONSE_DELAY_S``), so it asks no system
-        call."""
-        return self.turns.woken > 0 or len(self.pool) > 1
 
     # ------------------------------------------------------------------ accepting
     def accept_forever(self, listener) -> None:
@@ -333,10 +326,8 @@ class FrontWorker(GeventWorker):
                     self.handle_request(listener_name, req, output, address)
                 except StopIteration:  # answered; the connection closes
                     output.flush()
-                    self.after_response.run_if_due()
                     raise
                 output.flush()
-                self.after_response.run_if_due()
                 req = None
                 if not self.finish_body(parser, reader):
                     linger = "always"

@@ -9,9 +9,8 @@ answer.
 * ``FrontResponse``: gunicorn's response framing (RFC 9110/9112), with the Date header made
   once per second rather than once per response.
 * ``AfterResponse``: work the app hands the server through the WSGI environ
-  (``AFTER_RESPONSE``), run once the answer has left, so that no client waits for it: the
-  metrics' writes (service/metrics.py). While other requests wait for the worker it is put
-  off, at most ``AFTER_RESPONSE_DELAY_S``, and done once for all of them.
+  (``AFTER_RESPONSE``), run ``AFTER_RESPONSE_DELAY_S`` later, after the answer has left, once
+  for all the requests answered meanwhile: the metrics' writes (service/metrics.py).
 * ``close``: FIN first when the client may still be sending.
 * ``write_json_error``: what gunicorn answers itself (a request it could not read, a late
   head) in the service's JSON error shape, with gunicorn's statuses, instead of its HTML.
@@ -36,8 +35,9 @@ from service.errors import describe_error
 
 # The WSGI environ key under which the front offers ``AfterResponse.add`` to the app.
 AFTER_RESPONSE = "convserve.after_response"
-# Under load, the work left for after the answers runs at least this often.
-AFTER_RESPONSE_DELAY_S = 0.25
+# The work left for after the answers (the metrics' writes) runs this long after the first
+# of them: what /metrics may lag behind the answers.
+AFTER_RESPONSE_DELAY_S = 0.1
 
 log = logging.getLogger("convserve.front")
 
@@ -273,36 +273,26 @@ def _date_line(_cache=[-1, ""]) -> str:  # noqa: B006 - the cache is the point
 
 
 class AfterResponse:
-    """Work to run once answers have left (``add`` is offered to the app as
-    ``environ[AFTER_RESPONSE]``): at once when no other request waits for the worker, else
-    together with the work of the requests after it, at most ``delay_s`` later. Each piece of
-    work is a callable, run once however many requests added it."""
+    """Work to run after answers have left (``add`` is offered to the app as
+    ``environ[AFTER_RESPONSE]``): ``delay_s`` after the first request that left some, together
+    for every request answered meanwhile; each piece of work runs once however many requests
+    added it. The timer runs only when the worker's event loop does, so never before the answer
+    that added the work has been sent: no client waits for it, and under load it is done once
+    for hundreds of requests (``run_all`` also runs when the worker stops)."""
 
-    def __init__(self, others_waiting: Callable[[], bool], delay_s: float = AFTER_RESPONSE_DELAY_S):
-        self.others_waiting = others_waiting
+    def __init__(self, delay_s: float = AFTER_RESPONSE_DELAY_S):
         self.delay_s = delay_s
         self.pending: dict[Callable[[], None], None] = {}  # ordered set
-        self.due = 0.0
-        self.timer = None  # while work is put off: runs it at ``due`` if no answer does first
+        self.timer = None  # set while work is pending
 
     def add(self, work: Callable[[], None]) -> None:
         self.pending[work] = None
-
-    def run_if_due(self) -> None:
-        """After an answer was sent: run the pending work unless it can wait."""
-        if not self.pending:
-            return
-        now = time.monotonic()
-        if now < self.due and self.others_waiting():
-            if self.timer is None:  # the last answers of a burst must not wait for the next
-                self.timer = gevent.get_hub().loop.timer(self.due - now)
-                self.timer.start(self.run_all)
-            return
-        self.due = now + self.delay_s
-        self.run_all()
+        if self.timer is None:
+            self.timer = gevent.get_hub().loop.timer(self.delay_s)
+            self.timer.start(self.run_all)
 
     def run_all(self) -> None:
-        """Run every pending piece of work now (also when the worker stops)."""
+        """Run every pending piece of work now."""
         if self.timer is not None:
             self.timer.close()
             self.timer = None

@@ -13,7 +13,13 @@ import pytest
 import requests
 
 from tests.support.apps import expected_probabilities
-from tests.support.http_io import metric_samples, metric_total, png_bytes, settled_metrics
+from tests.support.http_io import (
+    metric_samples,
+    metric_total,
+    png_bytes,
+    settled_metrics,
+    stable_metric,
+)
 from tests.support.mnist import synthetic_digit
 
 pytestmark = pytest.mark.slow
@@ -193,11 +199,8 @@ def test_metrics_merge_both_workers(server):
     worker answers the scrape; each worker reports the version it serves."""
     url = server.url + "/predict"
     body = {"image": synthetic_digit().tolist()}
-    before = metric_total(
-        requests.get(server.url + "/metrics", timeout=10).text,
-        "convserve_http_requests_total",
-        route="/predict",
-        status="200",
+    before = stable_metric(  # the earlier tests' requests written
+        server.url + "/metrics", "convserve_http_requests_total", route="/predict", status="200"
     )
     sent, failures = [], []
     lock = threading.Lock()

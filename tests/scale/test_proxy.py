@@ -113,13 +113,16 @@ def test_request_id_passed_through_generated_when_absent_and_logged_on_both_side
     # One header: the replica's echo is replaced by nginx's, not added to it.
     assert "," not in given.headers["X-Request-ID"]
     for request_id in ("client-id-42", made, refused):
-        # A replica's access line reaches its log file just after the answer: wait, bounded.
+        # Both access lines (the replica's, nginx's) are written just after the answer has
+        # left, so the client may see the answer first: wait for them, bounded.
         for _ in range(50):
-            if request_id in {line["request_id"] for line in replica_access_lines(quiet_fleet)}:
+            replica = {line["request_id"] for line in replica_access_lines(quiet_fleet)}
+            proxy = {line["request_id"] for line in proxy_access_lines(quiet_fleet)}
+            if request_id in replica and request_id in proxy:
                 break
             time.sleep(0.1)
-        assert request_id in {line["request_id"] for line in replica_access_lines(quiet_fleet)}
-        assert request_id in {line["request_id"] for line in proxy_access_lines(quiet_fleet)}
+        assert request_id in replica
+        assert request_id in proxy
 
 
 def retryable_locations(template: str) -> list[re.Pattern]:

@@ -51,48 +51,38 @@ def test_pending_writes_give_what_direct_updates_give():
     assert exposition(deferred) == exposition(direct)
 
 
-def test_after_response_runs_at_once_when_nothing_waits():
-    ran = []
-    after = AfterResponse(others_waiting=lambda: False)
-    after.add(lambda: ran.append(1))
-    after.run_if_due()
-    assert ran == [1]
-    after.run_if_due()  # nothing pending
-    assert ran == [1]
-
-
-def test_after_response_puts_work_off_while_others_wait_then_runs_it_once():
+def test_after_response_runs_the_work_once_after_the_delay():
     ran = []
 
     def work():
         ran.append(1)
 
-    after = AfterResponse(others_waiting=lambda: True, delay_s=0.05)
-    after.add(work)
-    after.run_if_due()  # the first one runs (nothing ran for delay_s)
-    for _ in range(5):  # a burst: all put off, the same work added again and again
+    after = AfterResponse(delay_s=0.05)
+    for _ in range(5):  # a burst of requests adding the same work
         after.add(work)
-        after.run_if_due()
+    assert ran == []  # nothing before the event loop runs (the answers are sent first)
+    gevent.sleep(0.2)
     assert ran == [1]
-    gevent.sleep(0.2)  # the timer runs what the last answers left, with no answer after them
-    assert ran == [1, 1]
     assert after.pending == {} and after.timer is None
+    after.add(work)  # the next request starts the next round
+    gevent.sleep(0.2)
+    assert ran == [1, 1]
 
 
 def test_failing_work_is_logged_not_raised(caplog):
-    after = AfterResponse(others_waiting=lambda: False)
+    after = AfterResponse(delay_s=0.01)
     after.add(lambda: 1 / 0)
-    after.run_if_due()
+    gevent.sleep(0.1)
     assert "work after the response failed" in caplog.text
 
 
-@pytest.mark.parametrize("waiting", [False, True])
-def test_run_all_empties_the_queue(waiting):
+def test_run_all_runs_what_is_pending_now():
+    """What a stopping worker does: nothing pending is lost."""
     ran = []
-    after = AfterResponse(others_waiting=lambda: waiting)
+    after = AfterResponse(delay_s=60)
     after.add(lambda: ran.append(1))
     after.run_all()
-    assert ran == [1] and after.pending == {}
+    assert ran == [1] and after.pending == {} and after.timer is None
 
 
 class PartialSocket:

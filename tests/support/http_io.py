@@ -68,12 +68,25 @@ def metric_total(text: str, name: str, **labels: str) -> float:
 def settled_metrics(url: str, name: str, expected: float, timeout: float = 5.0, **labels) -> str:
     """The exposition at ``url`` (a /metrics URL) once ``metric_total(name, **labels)`` has
     reached ``expected``, or the last one read after ``timeout`` seconds. The server writes
-    a request's metrics just after its answer leaves (under load, within
-    service/front_io.py's AFTER_RESPONSE_DELAY_S), so a scrape sent the instant an answer
-    arrives may be a few microseconds early."""
+    a request's metrics after its answer has left (service/front_io.py:
+    AFTER_RESPONSE_DELAY_S later), so a scrape sent the instant an answer arrives is early."""
     deadline = time.monotonic() + timeout
     while True:
         text = requests.get(url, timeout=10).text
         if metric_total(text, name, **labels) >= expected or time.monotonic() > deadline:
             return text
         time.sleep(0.05)
+
+
+def stable_metric(url: str, name: str, pause: float = 0.3, timeout: float = 10.0, **labels):
+    """``metric_total(name, **labels)`` at ``url`` (a /metrics URL) once two scrapes ``pause``
+    seconds apart agree: what earlier requests left to be written (service/front_io.py:
+    AFTER_RESPONSE_DELAY_S after their answers) is in."""
+    deadline = time.monotonic() + timeout
+    value = metric_total(requests.get(url, timeout=10).text, name, **labels)
+    while True:
+        time.sleep(pause)
+        again = metric_total(requests.get(url, timeout=10).text, name, **labels)
+        if again == value or time.monotonic() > deadline:
+            return again
+        value = again
