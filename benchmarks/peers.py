@@ -192,13 +192,15 @@ def slow_clients(server: Server, seconds: float) -> dict:
 
 
 def memory(server: Server, total: int, seconds: float) -> dict:
-    """Each worker's RSS (MB) after the first ~1k /predict requests and after ``total``, all
-    sent by wrk with 16 kept-alive connections (the same load throughout, so the two figures
-    differ only by what the requests left behind)."""
+    """Each worker's RSS (MB) after its first ~1k /predict requests (1 s of load: ~3k
+    requests over the 2 workers; in 0.5 s one worker had sometimes served only a few hundred
+    and was still warming up) and after ``total``, all sent by wrk with 16 kept-alive
+    connections (the same load throughout, so the two figures differ only by what the
+    requests left behind)."""
     route = server.routes["predict"]
     server.start()
     try:
-        sent = run_wrk(server.url + route.path, 16, 0.5, route.script)["requests"]
+        sent = run_wrk(server.url + route.path, 16, 1.0, route.script)["requests"]
         workers = server.worker_pids()
         first = {pid: rss_mb(pid) for pid in workers}
         first_count, deadline = sent, time.monotonic() + seconds
