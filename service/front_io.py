@@ -263,13 +263,15 @@ class FrontResponse(wsgi.Response):
         return headers
 
 
-def _date_line(_cache=[-1, ""]) -> str:  # noqa: B006 - the cache is the point
+_date = [-1, ""]  # the second it was made for, "Date: ...\r\n"
+
+
+def _date_line() -> str:
     """``"Date: <IMF-fixdate>\\r\\n"`` for the current second."""
-    now = time.time()
-    second = int(now)
-    if second != _cache[0]:
-        _cache[0], _cache[1] = second, f"Date: {util.http_date(second)}\r\n"
-    return _cache[1]
+    second = int(time.time())
+    if second != _date[0]:
+        _date[0], _date[1] = second, f"Date: {util.http_date(second)}\r\n"
+    return _date[1]
 
 
 class AfterResponse:
@@ -313,10 +315,13 @@ def readable_now(fd: int) -> bool:
 
 # gunicorn's errors for a request it could not read -> the HTTP error each one is (the statuses
 # of gunicorn's own handle_error); first match wins. The app's faults are not here (500).
+# gunicorn's errors that are the app's fault, not the request's (answered 500).
+_APP_FAULTS = (
+    errors.InvalidResponseHeader,
+    errors.InvalidResponseHeaderName,
+    errors.ConfigurationProblem,
+)
 _REQUEST_ERRORS: tuple[tuple[type[Exception], type[HTTPException]], ...] = (
-    (errors.InvalidResponseHeader, http_errors.InternalServerError),
-    (errors.InvalidResponseHeaderName, http_errors.InternalServerError),
-    (errors.ConfigurationProblem, http_errors.InternalServerError),
     (errors.LimitRequestLine, http_errors.RequestURITooLarge),
     (errors.LimitRequestHeaders, http_errors.RequestHeaderFieldsTooLarge),
     (errors.ExpectationFailed, http_errors.ExpectationFailed),
@@ -329,10 +334,10 @@ _REQUEST_ERRORS: tuple[tuple[type[Exception], type[HTTPException]], ...] = (
 def request_error(exc: Exception) -> HTTPException | None:
     """The HTTP error for a request gunicorn could not read (``exc``), or None when ``exc`` is
     not one of those (the app failed)."""
+    if isinstance(exc, _APP_FAULTS):
+        return None
     for kind, http_error in _REQUEST_ERRORS:
         if isinstance(exc, kind):
-            if http_error is http_errors.InternalServerError:
-                return None
             return http_error(f"the request could not be read: {exc}")
     return None
 
