@@ -7,10 +7,13 @@
 * ``POST /_test/busy?seconds=S``: holds its worker process for S seconds (``time.sleep``, which
   blocks the whole process as a long forward pass would) after writing its pid to the file
   named by ``$BUSY_MARKER``, so a test knows which worker is busy, and from when.
+* ``GET /_test/gc``: how many objects the answering worker's garbage collector still walks
+  (``tracked``) and how many it was told to leave alone (``frozen``, gc.freeze()).
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import time
@@ -35,5 +38,9 @@ def create_app():
         Path(os.environ["BUSY_MARKER"]).write_text(str(os.getpid()))
         time.sleep(seconds)
         return {"pid": os.getpid()}
+
+    @app.get("/_test/gc")
+    def collector():
+        return {"tracked": len(gc.get_objects()), "frozen": gc.get_freeze_count()}
 
     return app

@@ -117,6 +117,15 @@ def test_keep_alive_serves_several_requests_on_one_connection(front):
         assert closed_by_server(sock, timeout=5)
 
 
+def test_workers_garbage_collect_only_what_they_made(front):
+    """The preloaded app, model and libraries are frozen out of the workers' collections
+    (gunicorn.conf.py pre_fork): a full collection would walk all of them, tens of ms."""
+    with connect(front) as sock:
+        counts = exchange(sock, "GET", "/_test/gc")[2]
+    assert counts["frozen"] > 20_000, counts  # numpy, Flask and the app alone are more
+    assert counts["tracked"] < counts["frozen"] / 2, counts
+
+
 def test_requests_session_reuses_its_connection(front):
     with requests.Session() as session:
         pids = {session.get(front.url + "/_test/pid", timeout=10).json()["pid"] for _ in range(5)}
