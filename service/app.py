@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flask import Flask
-
 from service.access import register_request_hooks
 from service.catalog import Catalog
 from service.config import load_config
@@ -34,18 +32,17 @@ from service.routes import ServiceState, api_blueprint
 from service.ui import ui_blueprint
 from service.v1 import v1_blueprint
 from service.v2 import v2_blueprint
-from service.web import ServiceRequest
+from service.web import ServiceFlask
 from training.store import ModelStore
 
 
-def create_app(config: Mapping | None = None) -> Flask:
+def create_app(config: Mapping | None = None) -> ServiceFlask:
     """Build the app: settings (defaults < environment < ``config``), logging, the store, the
     served models with their first load (a model that fails to load leaves the app alive but
     not ready, and the other models serving), routes."""
     settings = load_config(config)
     configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
-    app = Flask(__name__)
-    app.request_class = ServiceRequest
+    app = ServiceFlask(__name__)
     app.config.update(settings)  # MAX_CONTENT_LENGTH is also Flask's own limit on bodies
 
     metrics = ServiceMetrics()

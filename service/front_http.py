@@ -55,6 +55,19 @@ class _Head:
 class FrontRequest(Request):
     """gunicorn's request, its head read by httptools (module docstring)."""
 
+    def __init__(self, cfg, unreader, peer_addr, req_number=1):
+        # What gunicorn's constructors work out from the config before parsing (limits, the
+        # scheme, whether its C parser is used) is the same for every request of a worker:
+        # copied from a template made once per config by gunicorn's own code, instead of
+        # a dozen config lookups per request.
+        self.__dict__.update(_initial_attributes(cfg))
+        self.peer_addr = self.remote_addr = peer_addr
+        self.unreader, self.req_number = unreader, req_number
+        self.headers, self.trailers = [], []
+        unused = self.parse(unreader)
+        unreader.unread(unused)
+        self.set_body_reader()
+
     def parse(self, unreader) -> bytes:
         """Read the head from ``unreader``, set the request line and headers; returns the
         bytes read past the head (the body's start, a pipelined request)."""
@@ -135,6 +148,33 @@ class FrontRequest(Request):
 
 # (id of the gunicorn config, peer address) -> (secure scheme headers, forwarder headers).
 _TRUSTED: dict = {}
+
+
+class _Unparsed(Request):
+    """gunicorn's request constructors without the parsing: what they set from the config."""
+
+    def parse(self, unreader) -> bytes:
+        return b""
+
+    def set_body_reader(self) -> None:
+        pass
+
+
+class _NoInput:
+    def unread(self, data: bytes) -> None:
+        pass
+
+
+_INITIAL: dict = {}  # gunicorn config -> a request's attributes before parsing
+
+
+def _initial_attributes(cfg) -> dict:
+    initial = _INITIAL.get(cfg)
+    if initial is None:
+        if len(_INITIAL) >= 8:  # a config per (re)load of the worker: a handful at most
+            _INITIAL.clear()
+        initial = _INITIAL[cfg] = vars(_Unparsed(cfg, _NoInput(), None)).copy()
+    return initial
 
 
 def _parse_head(head: bytes, request: FrontRequest):

@@ -1,5 +1,5 @@
-"""HTTP plumbing the routes share: the request class, reading bodies within the limit, the
-payload kind of a /predict body, query parameters, and JSON answers.
+"""HTTP plumbing the routes share: the Flask and request classes, reading bodies within the
+limit, the payload kind of a /predict body, query parameters, and JSON answers.
 
 Nothing here knows about models; the routes (service/routes.py, service/v2.py) use these to
 turn HTTP into the data plane's calls and back.
@@ -11,8 +11,9 @@ import io
 from collections.abc import Mapping
 
 import orjson
-from flask import Request, Response
+from flask import Flask, Request, Response
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import MapAdapter
 
 from service.catalog import parse_version_text
 from service.errors import BadRequest, NotFound, UnsupportedMediaType
@@ -33,6 +34,70 @@ class ServiceRequest(Request):
         self, total_content_length, content_type, filename=None, content_length=None
     ):
         return io.BytesIO()
+
+
+class ServiceFlask(Flask):
+    """Flask, with each request's URL adapter made from what is remembered per host.
+
+    Flask binds the URL map to every request's environ (``Map.bind_to_environ``): it works
+    out and validates the host twice, checks for a WebSocket upgrade, lowers and IDNA-encodes
+    the server name, ~15 us of a /healthz's ~200 in the server (py-spy), always with the same
+    result for the same host. Here the first request from a host (its scheme, Host field and
+    server address) goes through Flask's own ``create_url_adapter``, and the validated host
+    and server name are remembered (at most ``MAX_HOSTS``, then forgotten all at once, so no
+    client can grow them); the next requests from that host get an adapter made from them and
+    their own path, method and query, as Flask's would be (tests/service/test_web.py compares
+    the two). Flask's own path still serves any configuration this does not cover: a
+    ``SERVER_NAME``, ``TRUSTED_HOSTS``, host or subdomain matching, upgrade requests.
+    """
+
+    request_class = ServiceRequest
+    MAX_HOSTS = 256
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._hosts: dict[tuple, tuple[str, str]] = {}  # host key -> (request.host, server)
+
+    def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
+        if request is None or not self._plain_hosts() or "HTTP_UPGRADE" in request.environ:
+            return super().create_url_adapter(request)
+        environ = request.environ
+        scheme = environ["wsgi.url_scheme"]
+        key = (scheme, environ.get("HTTP_HOST"), environ.get("SERVER_NAME"))
+        key += (environ.get("SERVER_PORT"),)
+        known = self._hosts.get(key)
+        if known is None:
+            adapter = super().create_url_adapter(request)  # validates; raises for a bad host
+            if len(self._hosts) >= self.MAX_HOSTS:
+                self._hosts.clear()
+            self._hosts[key] = (request.host, adapter.server_name)
+            return adapter
+        request.host = known[0]
+        return MapAdapter(
+            self.url_map,
+            known[1],
+            _wsgi_text(environ.get("SCRIPT_NAME")) or "/",
+            self.url_map.default_subdomain or "",
+            scheme,
+            _wsgi_text(environ.get("PATH_INFO")) or "/",
+            environ["REQUEST_METHOD"],
+            _wsgi_text(environ.get("QUERY_STRING")),
+        )
+
+    def _plain_hosts(self) -> bool:
+        """No setting that makes the host part of routing or of its validation."""
+        config = self.config
+        return (
+            config["SERVER_NAME"] is None
+            and config["TRUSTED_HOSTS"] is None
+            and not self.url_map.host_matching
+            and not self.subdomain_matching
+        )
+
+
+def _wsgi_text(value: str | None) -> str | None:
+    """A WSGI environ string (bytes as latin-1) as text, as werkzeug decodes it."""
+    return None if value is None else value.encode("latin1").decode(errors="replace")
 
 
 def json_response(document, status: int = 200, headers: Mapping | None = None) -> Response:

@@ -124,6 +124,41 @@ def test_malformed_heads_are_refused_like_gunicorn_refuses_them(case):
         assert type(ours.value) is type(gunicorns.value)
 
 
+def small_limits() -> Config:
+    config = Config()
+    config.set("limit_request_line", 40)
+    config.set("limit_request_fields", 3)
+    config.set("limit_request_field_size", 60)
+    return config
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        head(b"GET /short HTTP/1.1", b"Host: x"),
+        head(b"GET /" + b"a" * 40 + b" HTTP/1.1", b"Host: x"),
+        head(b"GET / HTTP/1.1", b"Host: x", b"A: 1", b"B: 2", b"C: 3"),
+        head(b"GET / HTTP/1.1", b"Host: " + b"x" * 60),
+    ],
+)
+def test_the_configured_limits_hold_as_in_gunicorn(data):
+    """The limits FrontRequest copies from a per-config template are the config's own: the
+    same attributes as gunicorn's request, the same refusals."""
+    requests = {}
+    for parser_class in (http.RequestParser, FrontParser):
+        try:
+            request = next(parser_class(small_limits(), Source(data), ("127.0.0.1", 40000)))
+        except errors.ParseException as exc:
+            requests[parser_class] = type(exc)
+        else:
+            requests[parser_class] = {
+                name: value
+                for name, value in vars(request).items()
+                if name not in ("cfg", "unreader", "body")
+            }
+    assert requests[FrontParser] == requests[http.RequestParser]
+
+
 def test_pipelined_requests_are_read_one_after_the_other():
     data = head(b"GET /a HTTP/1.1", b"Host: x") + post() + head(b"GET /b HTTP/1.1", b"Host: x")
     parser = FrontParser(Config(), Source(data, 13), ("127.0.0.1", 40000))
