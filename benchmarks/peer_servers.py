@@ -24,7 +24,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # the packages, and serve_load.py
 
-from serve_load import free_port, sample_digit, wrk_post_script  # noqa: E402
+from serve_load import free_port, run_wrk, sample_digit, wrk_post_script  # noqa: E402
 
 from training.store import ModelStore  # noqa: E402
 
@@ -240,8 +240,17 @@ def build_servers(
     return store, servers
 
 
-def warm_up(server: Server) -> None:
-    """200 requests on each route, so lazy imports and first allocations are not measured."""
+# Seconds of load on each route after the first requests, before anything is measured.
+WARM_UP_LOAD_S = 3
+
+
+def warm_up(server: Server, load_s: float = WARM_UP_LOAD_S) -> None:
+    """200 requests on each route (they must succeed), then ``load_s`` of wrk at 16
+    connections, so that no server's first measured run is also its first seconds under
+    load (a worker forked from a preloaded master copies each shared page it first writes
+    to; allocators and caches grow). A precaution taken for every server alike: in 2 trials
+    of convserve alone, the first of four 3 s runs after 100 requests was not measurably
+    slower than the others."""
     with requests.Session() as session:
         for route in server.routes.values():
             for _ in range(200):
@@ -252,3 +261,5 @@ def warm_up(server: Server) -> None:
                     timeout=10,
                 )
                 answer.raise_for_status()
+    for route in server.routes.values():
+        run_wrk(server.url + route.path, 16, load_s, route.script)

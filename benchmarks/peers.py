@@ -12,9 +12,12 @@ production alias of a temporary copy of the store) with 2 worker processes and o
 each; no server writes an access line per request. A peer that does not install is reported
 and left out.
 
-For each repetition, every server in turn (the order rotates) is started **alone**, warmed up,
-driven by wrk with keep-alive clients at each concurrency on each of its routes, and stopped.
-The figures are medians over the repetitions. Then, for convserve only:
+Every server is started and warmed up; then, for each repetition and concurrency, every server
+in turn (the order rotates) is driven by wrk with keep-alive clients on each of its routes while
+the others sit idle, so the runs compared are seconds apart. The figures are medians over the
+repetitions; a ratio against KServe is the median of the repetitions' own ratios (each taken
+between runs seconds apart), with the ratio of the medians beside it. Then, for convserve
+only:
 
 * ``Connection: close`` clients against today's front and gunicorn's sync workers (the
   previous front), alternated;
@@ -35,7 +38,6 @@ import os
 import platform
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -56,48 +58,50 @@ from peer_servers import (  # noqa: E402
     ensure_peers_venv,
     warm_up,
 )
+from peer_targets import errors, median_of, summarize, verdicts  # noqa: E402
 from serve_load import free_port, rss_mb, run_wrk  # noqa: E402
-
-TARGETS = {
-    "predict_vs_kserve_v1": {1: 1.0, 16: 1.1, 64: 1.1},
-    "v2_vs_kserve_v2": 1.2,
-    "p99_ms": {16: 12.0, 64: 40.0},
-    "slow_client_answer_s": 1.0,
-    "rss_growth_mb": 5.0,
-}
 
 
 # ------------------------------------------------------------------------------ measurements
 def throughput(servers: list[Server], levels: list[int], reps: int, duration: float) -> dict:
-    """{server: {route: {level: [wrk result per repetition]}}}, each server alone in turn."""
+    """{server: {route: {level: [wrk result per repetition]}}}.
+
+    Every server is started and warmed up first; then, for each repetition and concurrency,
+    every server in turn (the order rotates) takes the same load while the others sit idle.
+    So the runs compared in one repetition are seconds apart, not minutes: on a shared
+    machine whose speed drifts over minutes, the servers started alone one after the other
+    (this benchmark's first design) measured the drift as much as the servers."""
     runs: dict = {server.name: {} for server in servers}
-    for rep in range(reps):
-        order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
-        for server in order:
+    try:
+        for server in servers:
             server.start()
-            try:
-                warm_up(server)
-                for level in levels:
-                    for key, route in server.routes.items():
-                        cpu = server.cpu_seconds()
-                        result = run_wrk(server.url + route.path, level, duration, route.script)
-                        cpu = server.cpu_seconds() - cpu
-                        result["server_cpu_us"] = cpu / max(result["requests"], 1) * 1e6
-                        runs[server.name].setdefault(key, {}).setdefault(level, []).append(result)
-                        print(
-                            f"  rep {rep + 1} {server.name:9} {key:9} c={level:<3} "
-                            f"{result['rps']:8.0f} req/s  p99 {result.get('p99_ms', 0):7.2f} ms  "
-                            f"errors {errors(result)}  "
-                            f"server CPU {result['server_cpu_us']:.0f} us/req",
-                            flush=True,
-                        )
-            finally:
-                server.stop()
+            warm_up(server)
+        for rep in range(reps):
+            order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
+            for level in levels:
+                for server in order:
+                    measure_routes(server, level, duration, runs[server.name], rep)
+    finally:
+        for server in servers:
+            server.stop()
     return runs
 
 
-def errors(result: dict) -> int:
-    return result["non_2xx"] + result["socket_errors"]
+def measure_routes(server: Server, level: int, duration: float, into: dict, rep: int) -> None:
+    """wrk on each of ``server``'s routes at ``level`` connections, with the server's CPU time
+    per request; appended to ``into[route][level]``."""
+    for key, route in server.routes.items():
+        cpu = server.cpu_seconds()
+        result = run_wrk(server.url + route.path, level, duration, route.script)
+        cpu = server.cpu_seconds() - cpu
+        result["server_cpu_us"] = cpu / max(result["requests"], 1) * 1e6
+        into.setdefault(key, {}).setdefault(level, []).append(result)
+        print(
+            f"  rep {rep + 1} {server.name:9} {key:9} c={level:<3} "
+            f"{result['rps']:8.0f} req/s  p99 {result.get('p99_ms', 0):7.2f} ms  "
+            f"errors {errors(result)}  server CPU {result['server_cpu_us']:.0f} us/req",
+            flush=True,
+        )
 
 
 def closing_clients(servers: list[Server], level: int, reps: int, duration: float) -> dict:
@@ -222,117 +226,6 @@ def memory(server: Server, total: int, seconds: float) -> dict:
             if pid in last
         ],
     }
-
-
-# ---------------------------------------------------------------------------------- summary
-def median_of(results: list[dict], key: str) -> float:
-    return statistics.median(result.get(key, float("nan")) for result in results)
-
-
-def summarize(runs: dict, levels: list[int]) -> list[dict]:
-    rows = []
-    for name, routes in runs.items():
-        for key, by_level in routes.items():
-            for level in levels:
-                results = by_level[level]
-                rows.append(
-                    {
-                        "server": name,
-                        "route": key,
-                        "concurrency": level,
-                        "rps": median_of(results, "rps"),
-                        "p50_ms": median_of(results, "p50_ms"),
-                        "p99_ms": median_of(results, "p99_ms"),
-                        "server_cpu_us": median_of(results, "server_cpu_us"),
-                        "errors": sum(errors(result) for result in results),
-                        "runs": [round(result["rps"]) for result in results],
-                    }
-                )
-    return rows
-
-
-def row(rows: list[dict], server: str, route: str, level: int) -> dict | None:
-    for entry in rows:
-        if (entry["server"], entry["route"], entry["concurrency"]) == (server, route, level):
-            return entry
-    return None
-
-
-# --------------------------------------------------------------------------------- targets
-def versus_kserve(
-    rows: list[dict], level: int, what: str, route: str, kserve_route: str, target: float
-) -> tuple | None:
-    """convserve's req/s on ``route`` over KServe's on ``kserve_route`` at ``level``
-    connections against ``target`` (a ratio), or None if either was not measured."""
-    ours, theirs = row(rows, "convserve", route, level), row(rows, "kserve", kserve_route, level)
-    if not (ours and theirs):
-        return None
-    ratio = ours["rps"] / theirs["rps"]
-    return (f"{what}, c={level}", f"{ratio:.2f}x", f">= {target}x", ratio >= target)
-
-
-def level_checks(rows: list[dict], level: int) -> list[tuple]:
-    """The keep-alive targets at ``level`` connections: /predict and V2 infer against KServe's
-    V1 and V2 routes, and /predict's p99 (ms); only the levels the issue sets a target for."""
-    checks = []
-    v1_targets = TARGETS["predict_vs_kserve_v1"]
-    if level in v1_targets:
-        what = "/predict vs KServe V1"
-        checks.append(versus_kserve(rows, level, what, "predict", "kserve_v1", v1_targets[level]))
-    what, target = "V2 infer vs KServe V2", TARGETS["v2_vs_kserve_v2"]
-    checks.append(versus_kserve(rows, level, what, "v2", "v2", target))
-    ours = row(rows, "convserve", "predict", level)
-    if ours and level in TARGETS["p99_ms"]:
-        p99, target = ours["p99_ms"], TARGETS["p99_ms"][level]
-        what = f"/predict p99, c={level}"
-        checks.append((what, f"{p99:.1f} ms", f"<= {target:g} ms", p99 <= target))
-    return [check for check in checks if check]
-
-
-def errors_check(rows: list[dict]) -> tuple:
-    """convserve's failed requests over every keep-alive run: there must be none."""
-    count = sum(entry["errors"] for entry in rows if entry["server"] == "convserve")
-    return ("convserve errors (all keep-alive runs)", str(count), "0", count == 0)
-
-
-def close_check(close: dict) -> tuple:
-    """Today's front against gunicorn's sync workers with ``Connection: close`` clients: the
-    median req/s must be no worse (no slack: a ratio under 1.0 is reported as not met, even
-    when it is within the run-to-run noise)."""
-    front, sync = (
-        statistics.median(r["rps"] for r in close[name]) for name in ("convserve", "convserve-sync")
-    )
-    what, met = "Connection: close, front vs sync workers", front >= sync
-    return (what, f"{front / sync:.2f}x", ">= 1.0x (no worse)", met)
-
-
-def slow_check(slow: dict) -> tuple:
-    """The slowest answer (s) a normal client got from convserve among slow clients, and its
-    failed requests."""
-    figure = f"{slow['slowest_s'] * 1000:.0f} ms, {slow['failures']} failed"
-    met = slow["slowest_s"] < TARGETS["slow_client_answer_s"] and not slow["failures"]
-    return ("slowest normal answer among slow clients", figure, "< 1 s, 0 failed", met)
-
-
-def memory_check(mem: dict) -> tuple:
-    """The largest growth of a worker's RSS (MB) between the first requests and the last."""
-    growth = max(worker["growth_mb"] for worker in mem["workers"])
-    what = f"worker RSS growth, {mem['first_requests']} -> {mem['requests']} requests"
-    limit = TARGETS["rss_growth_mb"]
-    return (what, f"{growth:+.1f} MB", f"<= {limit:g} MB", growth <= limit)
-
-
-def verdicts(rows: list[dict], levels: list[int], close: dict, slow: dict, mem: dict) -> list:
-    """(what, figure, target, met) for each of the issue's targets that was measured."""
-    checks = [check for level in levels for check in level_checks(rows, level)]
-    checks.append(errors_check(rows))
-    if close:
-        checks.append(close_check(close))
-    if slow.get("convserve"):
-        checks.append(slow_check(slow["convserve"]))
-    if mem:
-        checks.append(memory_check(mem))
-    return checks
 
 
 # ------------------------------------------------------------------------------------- main
