@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from service.errors import ModelOutputInvalid
 from service.inputs import InputSpec, pixel_batch, pixels_from_payload
 from service.predictor import ServedModel
 from service.registry import ModelRegistry
+from training.bundle import Prediction
 from training.store import format_ref
 
 logger = logging.getLogger("convserve.dataplane")
@@ -51,6 +53,10 @@ class Predictions:
     def confidences(self) -> np.ndarray:
         """(N,) the probability of each image's top class."""
         return self.probabilities[np.arange(len(self.top)), self.top]
+
+
+# A model's forward pass as the front may run it for a request: (model, pixels) -> Prediction.
+Batch = Callable[[ServedModel, np.ndarray], Prediction]
 
 
 class InferenceHooks:
@@ -114,13 +120,18 @@ class DataPlane:
         checks as every /predict payload."""
         return pixel_batch(values, self.spec(model), where, single=single)
 
-    def infer(self, model: ServedModel, pixels: np.ndarray) -> Predictions:
+    def infer(
+        self, model: ServedModel, pixels: np.ndarray, batch: Batch | None = None
+    ) -> Predictions:
         """``Predictions`` for pixels (N, H, W) from ``model``: one forward pass giving the
         calibrated probabilities and, when the bundle has a detector, the OOD scores. A
         non-finite output is never answered: it raises ModelOutputInvalid (500) naming the
-        version, logged and counted."""
+        version, logged and counted. ``batch``: the front's dynamic batching
+        (service/batching.py), which runs the pass together with other requests' when there
+        are any; without it the pass is this request's alone. The inference latency
+        measured here includes the wait for the batch."""
         started = time.perf_counter()
-        prediction = model.predict(pixels)
+        prediction = model.predict(pixels) if batch is None else batch(model, pixels)
         self.hooks.inference_done(
             model.name, model.version, len(pixels), time.perf_counter() - started
         )

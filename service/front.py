@@ -55,6 +55,7 @@ from gunicorn import http, util
 from gunicorn.workers.ggevent import GeventWorker
 from werkzeug.exceptions import InternalServerError
 
+from service.batching import BATCH, Batcher
 from service.front_counts import CONNECTION_COUNTS
 from service.front_http import FrontParser
 from service.front_io import (
@@ -77,6 +78,8 @@ IDLE_CHECK_S = 0.002
 # A worker holding more connections than another leaves a new one to the less loaded worker
 # for this long; if it is still queued then, that worker is busy.
 BALANCE_GRACE_S = 0.005
+# DYNAMIC_BATCHING values that turn dynamic batching off (service/batching.py).
+_OFF = frozenset({"0", "false", "no", "off"})
 # How long a stopping worker keeps an idle kept-alive connection open for a request a client
 # may already be sending (answered with "Connection: close").
 STOP_KEEPALIVE_LINGER_S = 2.0
@@ -201,6 +204,8 @@ class FrontWorker(GeventWorker):
         self.listener_names: dict = {}
         self.environ_makers: dict = {}
         self.after_response = AfterResponse()
+        self.batching = os.environ.get("DYNAMIC_BATCHING", "1").strip().lower() not in _OFF
+        self.batcher: Batcher | None = None
         self.slot = CONNECTION_COUNTS.claim_slot()  # in the master, before the fork
 
     # ------------------------------------------------------------------ process
@@ -221,6 +226,9 @@ class FrontWorker(GeventWorker):
         self.pool = Pool(self.worker_connections)
         self.listener_names = {listener: listener.getsockname() for listener in self.sockets}
         extra = {AFTER_RESPONSE: self.after_response.add}
+        if self.batching:
+            self.batcher = Batcher(gevent.get_hub(), others_ready=lambda: self.turns.woken > 0)
+            extra[BATCH] = self.batcher.predict
         self.environ_makers = {
             name: EnvironMaker(self.cfg, name, extra) for name in self.listener_names.values()
         }

@@ -9,7 +9,8 @@ accepting; see service/draining.py), GRACEFUL_TIMEOUT (default 20: seconds the w
 finish the requests in hand and queued once the listener is closed), KEEPALIVE (default 5:
 seconds an idle kept-alive connection stays open), HEADER_TIMEOUT (default 10) and BODY_TIMEOUT
 (default 30): seconds a request's headers, then its body, may take to arrive before the answer
-is 408 (read by service/front.py).
+is 408, and DYNAMIC_BATCHING (default 1; 0 turns off service/batching.py) (read by
+service/front.py).
 The app reads its own settings (MODEL_STORE, ...) from the same environment; see
 docs/SERVING.md.
 

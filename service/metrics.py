@@ -291,11 +291,12 @@ class ServiceMetrics(ReloadHooks, InferenceHooks):
         self.requests_in_flight -= 1
 
     def write_pending(self) -> None:
-        """Apply the per-request updates kept so far (and the in-flight count)."""
-        self.pending.write()
+        """Apply the in-flight count and the per-request updates kept so far, in that order:
+        a scrape that sees a request counted sees it out of flight too."""
         if self.in_flight_written != self.requests_in_flight:
             self.in_flight_written = self.requests_in_flight
             self.in_flight.set(self.in_flight_written)
+        self.pending.write()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in KNOWN_METHODS:

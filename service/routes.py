@@ -16,6 +16,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from service.access import mark_inference
+from service.batching import BATCH
 from service.catalog import Catalog
 from service.dataplane import DataPlane, Predictions
 from service.draining import is_draining
@@ -102,7 +103,7 @@ def predict(name: str | None):
     mark_inference(model)
     payload = read_payload(req, current_app.config["MAX_CONTENT_LENGTH"])
     pixels = dataplane.pixels(model, *payload)
-    result = dataplane.infer(model, pixels)
+    result = dataplane.infer(model, pixels, batch=req.environ.get(BATCH))
     return json_response(predictions_document(result, pixels, explain=explain))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from flask import Blueprint, current_app, g, request
 
 from service.access import mark_inference
+from service.batching import BATCH
 from service.dataplane import Predictions
 from service.errors import BadRequest, NotReady
 from service.inputs.json_values import check_json_value_count, images_array, parse_json
@@ -76,7 +77,7 @@ def predict(name: str, version_text: str | None):
             raise BadRequest('"inputs" as an object takes one named input: "input"')
         images = images["input"]
     pixels = _pixels(images, model, "inputs" if columnar else "instances")
-    result = dataplane.infer(model, pixels)
+    result = dataplane.infer(model, pixels, batch=request.environ.get(BATCH))
     return json_response(_columnar(result) if columnar else _rows(result))
 
 

@@ -31,6 +31,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from service.access import mark_inference
+from service.batching import BATCH
 from service.dataplane import Predictions
 from service.draining import is_draining
 from service.errors import BadRequest, NotReady
@@ -187,7 +188,8 @@ def infer(name: str, version_text: str | None):
     parameters = _object(payload.get("parameters"), "parameters")
     values = tensor_values(payload.get("inputs"), binary, dataplane.spec(model))
     outputs = requested_outputs(payload.get("outputs"), parameters, output_names(model))
-    result = dataplane.infer(model, dataplane.validate(model, values, INPUT_NAME))
+    pixels = dataplane.validate(model, values, INPUT_NAME)
+    result = dataplane.infer(model, pixels, batch=request.environ.get(BATCH))
     return infer_response(result, outputs, request_id)
 
 

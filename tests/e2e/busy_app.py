@@ -7,6 +7,8 @@
 * ``POST /_test/busy?seconds=S``: holds its worker process for S seconds (``time.sleep``, which
   blocks the whole process as a long forward pass would) after writing its pid to the file
   named by ``$BUSY_MARKER``, so a test knows which worker is busy, and from when.
+* ``GET /_test/batching``: the answering worker's dynamic batching so far (service/batching.py):
+  its forward passes and the images they took, or null when it is off.
 * ``GET /_test/gc``: how many objects the answering worker's garbage collector still walks
   (``tracked``) and how many it was told to leave alone (``frozen``, gc.freeze()).
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from flask import request
 
 from service.app import create_app as create_service_app
+from service.batching import BATCH
 
 
 def create_app():
@@ -38,6 +41,15 @@ def create_app():
         Path(os.environ["BUSY_MARKER"]).write_text(str(os.getpid()))
         time.sleep(seconds)
         return {"pid": os.getpid()}
+
+    @app.get("/_test/batching")
+    def batching():
+        predict = request.environ.get(BATCH)
+        if predict is None:
+            return {"pid": os.getpid(), "batching": None}
+        batcher = predict.__self__
+        counts = {"passes": batcher.passes, "images": batcher.images}
+        return {"pid": os.getpid(), "batching": counts}
 
     @app.get("/_test/gc")
     def collector():

@@ -126,6 +126,77 @@ def test_workers_garbage_collect_only_what_they_made(front):
     assert counts["tracked"] < counts["frozen"] / 2, counts
 
 
+def test_concurrent_predictions_share_forward_passes_and_answer_as_alone(front):
+    """Dynamic batching (service/batching.py): under 16 concurrent clients the workers merge
+    forward passes, and every answer is the one the same image gets alone."""
+    bodies = [json.dumps({"image": synthetic_digit(seed).tolist()}).encode() for seed in range(8)]
+    alone = [predict_once(front, body) for body in bodies]
+    before = batching_counts(front)
+    answers: list[tuple[int, dict]] = []
+
+    def client(number: int) -> None:
+        with requests.Session() as session:
+            for turn in range(25):
+                index = (number + turn) % len(bodies)
+                answer = session.post(
+                    front.url + "/predict", data=bodies[index], headers=JSON, timeout=30
+                )
+                answers.append((index, answer.json()))
+
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(answers) == 16 * 25
+    for index, answer in answers:
+        ours, expected = answer["predictions"][0], alone[index]["predictions"][0]
+        assert ours["label"] == expected["label"]
+        for got, want in zip(ours["probabilities"], expected["probabilities"], strict=True):
+            assert got == pytest.approx(want, abs=1e-6)
+    after = batching_counts(front)
+    merged = sum(
+        (after[pid]["images"] - before.get(pid, {}).get("images", 0))
+        - (after[pid]["passes"] - before.get(pid, {}).get("passes", 0))
+        for pid in after
+    )
+    assert merged > 0, (before, after)  # some pass took more than one request's image
+
+
+def test_dynamic_batching_can_be_turned_off(tmp_path):
+    store = make_store(tmp_path, {"alias": "production"})
+    server = GunicornServer(
+        store.root,
+        tmp_path / "server.log",
+        app="tests.e2e.busy_app:create_app()",
+        WORKERS="1",
+        DYNAMIC_BATCHING="off",
+    ).start()
+    try:
+        assert requests.get(server.url + "/_test/batching", timeout=10).json()["batching"] is None
+        assert predict_once(server, PREDICT_BODY)["predictions"][0]["label"] in range(10)
+    finally:
+        assert server.stop() == 0, server.log_text()[-3000:]
+
+
+def predict_once(server, body: bytes) -> dict:
+    answer = requests.post(server.url + "/predict", data=body, headers=JSON, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def batching_counts(server) -> dict:
+    """{worker pid: {"passes", "images"}} of every worker (by asking on new connections)."""
+    counts: dict = {}
+    for _ in range(60):
+        found = requests.get(server.url + "/_test/batching", timeout=10).json()
+        counts[found["pid"]] = found["batching"]
+        if len(counts) == 2:
+            break
+    assert counts and all(counts.values()), counts  # null: batching is off
+    return counts
+
+
 def test_requests_session_reuses_its_connection(front):
     with requests.Session() as session:
         pids = {session.get(front.url + "/_test/pid", timeout=10).json()["pid"] for _ in range(5)}
