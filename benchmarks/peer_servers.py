@@ -144,9 +144,11 @@ class Server:
         return [int(pid) for pid in children.read_text().split()]
 
 
-def convserve(store: Path, routes: dict[str, Route], name="convserve", extra=()) -> Server:
+def convserve(
+    store: Path, routes: dict[str, Route], name="convserve", extra=(), env: dict | None = None
+) -> Server:
     """convserve's gunicorn with the service's config and 2 workers, from this venv; ``extra``
-    gunicorn options (a worker class) override the config."""
+    gunicorn options (a worker class) override the config, ``env`` adds settings."""
     return Server(
         name=name,
         argv=[str(Path(sys.executable).with_name("gunicorn")), "-c", "service/gunicorn.conf.py"]
@@ -158,7 +160,8 @@ def convserve(store: Path, routes: dict[str, Route], name="convserve", extra=())
             "MODEL_STORE": str(store),
             "LOG_LEVEL": "warning",
             "DRAIN_SECONDS": "0",
-        },
+        }
+        | (env or {}),
         routes=routes,
         ready_path="/readyz",
     )
@@ -215,8 +218,10 @@ def build_servers(
     tmp: Path, peers: list[str], version: int, worker_classes: str
 ) -> tuple[Path, list[Server]]:
     """A copy of the store in ``tmp`` serving ``version`` as production, and the servers on
-    it, each on its own free port: convserve first, then the peers (or, with
-    ``worker_classes``, convserve on each of gunicorn's worker classes instead)."""
+    it, each on its own free port: convserve first, convserve without dynamic batching
+    ("convserve-unbatched", /predict only: what the front and the app do without it), then
+    the peers (or, with ``worker_classes``, convserve on each of gunicorn's worker classes
+    instead)."""
     store = tmp / "store"
     shutil.copytree(REPO / "model_store", store)
     # The version every server serves: the plain network (mnist:1), whose /predict is
@@ -226,7 +231,10 @@ def build_servers(
     routes = build_routes(tmp)
     ours = convserve(store, {key: routes[key] for key in ("predict", "v2")})
     makers = {"kserve": (kserve, ("kserve_v1", "v2")), "fastapi": (fastapi, ("predict",))}
-    servers = [ours] + [
+    unbatched = convserve(
+        store, {"predict": routes["predict"]}, "convserve-unbatched", env={"DYNAMIC_BATCHING": "0"}
+    )
+    servers = [ours, unbatched] + [
         makers[peer][0](store, {key: routes[key] for key in makers[peer][1]}) for peer in peers
     ]
     if worker_classes:

@@ -54,11 +54,17 @@ def row(rows: list[dict], server: str, route: str, level: int) -> dict | None:
 
 # --------------------------------------------------------------------------------- targets
 def versus_kserve(
-    rows: list[dict], level: int, what: str, route: str, kserve_route: str, target: float
+    rows: list[dict],
+    level: int,
+    what: str,
+    route: str,
+    kserve_route: str,
+    target: float,
+    server: str = "convserve",
 ) -> tuple | None:
-    """convserve's req/s on ``route`` over KServe's on ``kserve_route`` at ``level``
+    """``server``'s req/s on ``route`` over KServe's on ``kserve_route`` at ``level``
     connections against ``target`` (a ratio), or None if either was not measured."""
-    ours, theirs = row(rows, "convserve", route, level), row(rows, "kserve", kserve_route, level)
+    ours, theirs = row(rows, server, route, level), row(rows, "kserve", kserve_route, level)
     if not (ours and theirs):
         return None
     paired = statistics.median(a / b for a, b in zip(ours["runs"], theirs["runs"], strict=True))
@@ -87,6 +93,24 @@ def level_checks(rows: list[dict], level: int) -> list[tuple]:
         what = f"/predict p99, c={level}"
         checks.append((what, f"{p99:.1f} ms", f"<= {target:g} ms", p99 <= target))
     return [check for check in checks if check]
+
+
+def references(rows: list[dict], levels: list[int]) -> list[str]:
+    """Not targets: convserve without dynamic batching against KServe V1, at each level."""
+    lines = []
+    for level in levels:
+        check = versus_kserve(
+            rows,
+            level,
+            "/predict unbatched vs KServe V1",
+            "predict",
+            "kserve_v1",
+            1.0,
+            server="convserve-unbatched",
+        )
+        if check:
+            lines.append(f"{check[0]}: {check[1]}")
+    return lines
 
 
 def errors_check(rows: list[dict]) -> tuple:

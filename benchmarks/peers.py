@@ -1,7 +1,7 @@
 """convserve's HTTP front against the peers serving the same model: throughput, tail latency,
 slow clients and memory (issue 12's figures).
 
-    make bench-peers                                    # ~10 minutes
+    make bench-peers                                    # ~15 minutes
     .venv/bin/python benchmarks/peers.py --reps 1 --duration 3 --json
 
 The peers, from PyPI in their own venv (``.venv-peers/``, created on first use, gitignored):
@@ -10,7 +10,9 @@ KServe's Python model server (V1 ``:predict`` and V2 ``infer``) and FastAPI + uv
 ``Bundle.predict_proba`` on the embedded model (``--version``, default mnist:1, made the
 production alias of a temporary copy of the store) with 2 worker processes and one BLAS thread
 each; no server writes an access line per request. A peer that does not install is reported
-and left out.
+and left out. convserve runs twice: as it ships (dynamic batching on, service/batching.py), and
+as "convserve-unbatched" (``DYNAMIC_BATCHING=0``, /predict only), printed for reference: the
+peers batch nothing.
 
 Every server is started and warmed up; then, for each repetition and concurrency, every server
 in turn (the order rotates) is driven by wrk with keep-alive clients on each of its routes while
@@ -58,7 +60,7 @@ from peer_servers import (  # noqa: E402
     ensure_peers_venv,
     warm_up,
 )
-from peer_targets import errors, median_of, summarize, verdicts  # noqa: E402
+from peer_targets import errors, median_of, references, summarize, verdicts  # noqa: E402
 from serve_load import free_port, rss_mb, run_wrk  # noqa: E402
 
 
@@ -312,6 +314,7 @@ def build_report(
         "close": close,
         "slow_clients": measured.slow,
         "memory": measured.memory,
+        "references": references(measured.rows, levels),
         "targets": [
             {"what": what, "figure": figure, "target": target, "met": met}
             for what, figure, target, met in checks
@@ -329,12 +332,12 @@ def print_throughput(report: dict) -> None:
     for peer, why in report["not_installed"].items():
         print(f"not measured: {peer} (install failed: {why})")
     print(
-        f"{'server':10} {'route':10} {'conc':>4} {'req/s':>8} {'p50':>8} {'p99':>9} {'err':>4} "
+        f"{'server':19} {'route':10} {'conc':>4} {'req/s':>8} {'p50':>8} {'p99':>9} {'err':>4} "
         f"{'CPU/req':>8}  runs"
     )
     for entry in report["rows"]:
         print(
-            f"{entry['server']:10} {entry['route']:10} {entry['concurrency']:>4} "
+            f"{entry['server']:19} {entry['route']:10} {entry['concurrency']:>4} "
             f"{entry['rps']:>8.0f} {entry['p50_ms']:>6.2f}ms {entry['p99_ms']:>7.2f}ms "
             f"{entry['errors']:>4} {entry['server_cpu_us']:>6.0f}us  {entry['runs']}"
         )
@@ -360,6 +363,8 @@ def print_report(report: dict) -> None:
             f"slow clients, {name:15} slowest normal answer {figures['slowest_s'] * 1000:.0f} ms, "
             f"{figures['failures']} failed of {figures['answered'] + figures['failures']}"
         )
+    for line in report["references"]:
+        print(f"reference (not a target): {line}")
     print("\ntargets:")
     for check in report["targets"]:
         verdict = "MET " if check["met"] else "NOT "
