@@ -14,7 +14,10 @@ command). A comment is a *claimed output* of the command before it when it start
 ``[`` or ``convserve: error``, or when it is a whole line ``#`` + at least three spaces
 (``#   published mnist:1``); any other comment is prose. In a claim, ``...`` (optionally
 followed by a word, ``[...10]``) stands for anything, whitespace is not compared, and a
-decimal number means "this value, rounded to the digits shown".
+decimal number means "this value, rounded to the digits shown, or within 0.1 % of it": the
+figures of a training run depend on the order in which the CPU's BLAS kernels add float32
+numbers, so their last digit differs between CPUs (model_store/README.md's second model:
+96.57 % on an Intel Xeon, 96.59 % on an AMD EPYC, from the same seed and data).
 """
 
 from __future__ import annotations

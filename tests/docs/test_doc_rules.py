@@ -48,6 +48,11 @@ def test_a_hash_inside_quotes_starts_no_comment():
         ('{"probabilities":[...10]}', '{"probabilities":[0.1,0.9]}', True),
         ("mnist  1  production  92.70%  ...  first", "mnist 1 production 92.70% 2026 first", True),
         ("mnist  1  production  92.70%", "mnist 1 production 52.90%", False),
+        # Within 0.1 % of the figure: another CPU's last digit (92.63 % on an AMD EPYC).
+        ("mnist  1  production  92.70%", "mnist 1 production 92.63%", True),
+        ("mnist  1  production  92.70%", "mnist 1 production 92.55%", False),
+        ("below 0.9657 of mnist:2", "below 0.9659 of mnist:2", True),
+        ("below 0.9657 of mnist:2", "below 0.9677 of mnist:2", False),
         ("convserve: error: no", "all good", False),
     ],
 )

@@ -44,6 +44,21 @@ def assert_close_to(got: dict, expected: dict, rtol: float) -> None:
         np.testing.assert_allclose(got[key], value, rtol=0, atol=rtol * scale, err_msg=key)
 
 
+def assert_adam_close_to(got: dict, expected: dict, rtol: float, steps: int, lr: float) -> None:
+    """Adam divides each gradient by its own running magnitude, so for a weight whose gradient
+    is ~0 the float32 rounding of the sums (which the split changes, and which differs between
+    CPUs' BLAS kernels) can change a step's direction: up to ``lr`` per step. All but 1 in
+    10,000 weights must match to ``rtol`` as for Momentum, and none may differ by more than
+    those steps could make."""
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        difference = np.abs(got[key] - value)
+        scale = float(np.abs(value).max()) or 1.0
+        off = int((difference > rtol * scale).sum())
+        assert off <= value.size // 10_000, f"{key}: {off} of {value.size} differ"
+        assert float(difference.max()) <= 2 * steps * lr, key
+
+
 @pytest.mark.parametrize("spec_name", SPLITTABLE)
 @pytest.mark.parametrize(("threads", "count"), [(2, 64), (3, 50), (2, 33)])
 def test_the_split_gives_the_whole_batch_gradient(digits, spec_name, threads, count):
@@ -76,7 +91,10 @@ def test_split_steps_update_the_weights_like_plain_steps(digits, make_optimizer)
             plain_loss, _ = plain(x[part], labels[part])
             assert split_loss == pytest.approx(plain_loss, rel=1e-4)
     assert split_opt.steps == plain_opt.steps == 8
-    assert_close_to(split_net.params(), plain_net.params(), rtol=1e-5)
+    if isinstance(split_opt, Adam):
+        assert_adam_close_to(split_net.params(), plain_net.params(), rtol=1e-5, steps=8, lr=1e-3)
+    else:
+        assert_close_to(split_net.params(), plain_net.params(), rtol=1e-5)
     moved = split_net.params()["fc1.W"] - Network(preset("simpleconvnet")).params()["fc1.W"]
     assert np.abs(moved).max() > 1e-3  # the steps did change the weights
 
