@@ -10,12 +10,13 @@ and finishes on its own: its checks, errors, metrics and answer are its own, as 
 
 Why: one image's forward pass reads every weight of the network (SimpleConvNet's first dense
 layer alone is 1.7 MB) to compute one row; BLAS's matrix-matrix product computes 8 rows in
-450 us instead of 8 x 100 (docs/BENCHMARKS.md, "Dynamic batching"). Under ``MIN_BATCH`` images
-it costs more than separate passes (2 images: 300 us: the product repacks the weights every
-time), so smaller groups run request by request, as without batching. Nothing waits for
-requests still to come: a request that is alone in its turn (one client, c=1) runs at once,
-and a request of ``MAX_REQUEST_IMAGES`` images or more is a batch already and never waits.
-``DYNAMIC_BATCHING=0`` in the environment turns it off (service/front.py).
+450 us instead of 8 x 100 (docs/BENCHMARKS.md, "The third round", item 5). Under
+``MIN_BATCH`` images it costs more than separate passes (2 images: 300 us: the product
+repacks the weights every time), so smaller groups run request by request, as without
+batching. Nothing waits for requests still to come: a request that is alone in its turn
+(one client, c=1) runs at once, and a request of ``MAX_REQUEST_IMAGES`` images or more is a
+batch already and never waits. ``DYNAMIC_BATCHING=0`` in the environment turns it off
+(service/front.py).
 
 A row's probabilities can differ from its single-image pass in the last float32 digit (BLAS
 adds the products in another order).
