@@ -30,19 +30,26 @@ PREDICT_BODY = json.dumps({"image": synthetic_digit(7).tolist()}).encode()
 JSON = {"Content-Type": "application/json"}
 
 
+def start_busy_server(directory, **env: str) -> GunicornServer:
+    """The service with busy_app's test routes on a fresh store in ``directory``, started with
+    the service's gunicorn config and ``env``."""
+    store = make_store(directory, {"alias": "production"})
+    server = GunicornServer(
+        store.root, directory / "server.log", app="tests.e2e.busy_app:create_app()", **env
+    )
+    return server.start()
+
+
 @pytest.fixture(scope="module")
 def front(tmp_path_factory):
     directory = tmp_path_factory.mktemp("front")
-    store = make_store(directory, {"alias": "production"})
-    server = GunicornServer(
-        store.root,
-        directory / "server.log",
-        app="tests.e2e.busy_app:create_app()",
+    server = start_busy_server(
+        directory,
         WORKERS="2",
         HEADER_TIMEOUT=str(HEADER_TIMEOUT),
         BODY_TIMEOUT=str(BODY_TIMEOUT),
         BUSY_MARKER=str(directory / "busy.pid"),
-    ).start()
+    )
     server.busy_marker = directory / "busy.pid"
     yield server
     assert server.stop() == 0, server.log_text()[-3000:]
@@ -164,14 +171,7 @@ def test_concurrent_predictions_share_forward_passes_and_answer_as_alone(front):
 
 
 def test_dynamic_batching_can_be_turned_off(tmp_path):
-    store = make_store(tmp_path, {"alias": "production"})
-    server = GunicornServer(
-        store.root,
-        tmp_path / "server.log",
-        app="tests.e2e.busy_app:create_app()",
-        WORKERS="1",
-        DYNAMIC_BATCHING="off",
-    ).start()
+    server = start_busy_server(tmp_path, WORKERS="1", DYNAMIC_BATCHING="off")
     try:
         assert requests.get(server.url + "/_test/batching", timeout=10).json()["batching"] is None
         assert predict_once(server, PREDICT_BODY)["predictions"][0]["label"] in range(10)
