@@ -30,8 +30,9 @@ def new_request_id() -> str:
 
 def register_request_hooks(app: Flask, models: ModelRegistry, metrics: ServiceMetrics) -> None:
     """Before each request: per-process start-up, the clock and the request id. After it:
-    the metrics, the X-Request-ID header and the access log line. The metrics' writes wait
-    until the answer has left when the server offers that (service/front_io.py)."""
+    the X-Request-ID header; at the teardown, which the front runs once the answer has left
+    (service/web.py), the metrics and the access log line. The metrics' writes wait longer
+    still when the server offers that (service/front_io.py: AFTER_RESPONSE)."""
 
     # The hooks take the request and ``g`` through their proxies once each: every attribute
     # read or written through a proxy looks the object up again (~0.5 us).
@@ -51,34 +52,46 @@ def register_request_hooks(app: Flask, models: ModelRegistry, metrics: ServiceMe
 
     @app.after_request
     def finish_request(response: Response) -> Response:
+        # What the answer says and when it was ready; the rest waits for the teardown.
         context = g._get_current_object()
         started = context.get("started")
-        elapsed = time.perf_counter() - started if started is not None else 0.0
-        current = request._get_current_object()
-        rule = current.url_rule
-        # Unmatched paths share one label: scanners must not grow the metrics without bound.
-        route = rule.rule if rule is not None else "<unmatched>"
-        status = response.status_code
-        metrics.observe_request(route, current.method, status, elapsed)
-        inference = context.get("inference_model")
-        if inference is not None:
-            metrics.observe_inference_request(*inference, status, elapsed)
+        context.elapsed = time.perf_counter() - started if started is not None else 0.0
+        context.status = response.status_code
         request_id = context.get("request_id") or new_request_id()
+        context.request_id = request_id
         response.headers["X-Request-ID"] = request_id
-        if access_logger.isEnabledFor(logging.INFO):
-            _log_access(request_id, status, elapsed)
         return response
 
     @app.teardown_request
     def end_request(exc):
-        # Teardown runs whatever happened, so the in-flight gauge never drifts upwards.
-        if g._get_current_object().pop("in_flight", False):
+        # Teardown runs whatever happened, so the in-flight gauge never drifts upwards; under
+        # the front it runs once the answer has left (service/web.py: ServiceFlask.wsgi_app).
+        context = g._get_current_object()
+        if context.pop("in_flight", False):
             metrics.request_finished()
+        status = context.get("status")
+        if status is not None:  # an answer was made (not a failure of the hooks themselves)
+            _record_answer(metrics, context, status)
         after_response = request.environ.get(AFTER_RESPONSE)
         if after_response is None:
             metrics.write_pending()
         else:
             after_response(metrics.write_pending)
+
+
+def _record_answer(metrics: ServiceMetrics, context, status: int) -> None:
+    """The request metrics and the access log line of an answered request."""
+    current = request._get_current_object()
+    rule = current.url_rule
+    # Unmatched paths share one label: scanners must not grow the metrics without bound.
+    route = rule.rule if rule is not None else "<unmatched>"
+    elapsed = context.elapsed
+    metrics.observe_request(route, current.method, status, elapsed)
+    inference = context.get("inference_model")
+    if inference is not None:
+        metrics.observe_inference_request(*inference, status, elapsed)
+    if access_logger.isEnabledFor(logging.INFO):
+        _log_access(context.request_id, status, elapsed)
 
 
 def mark_inference(model) -> None:

@@ -25,8 +25,9 @@ WSGI app for one request at a time:
   connection's own greenlet; the request line and headers must arrive within
   ``HEADER_TIMEOUT`` seconds, and the body within ``BODY_TIMEOUT`` seconds of the headers,
   else the answer is 408 and the connection is closed.
-* **one write per answer**: a response's head and body leave in one system call
-  (``ResponseBuffer``), not two.
+* **one write per answer, before the bookkeeping**: a response's head and body leave in one
+  system call (``ResponseBuffer``), not two; the app's teardown (metrics, access log) runs
+  after that (``TEARDOWN_AFTER_SEND``), while the client reads the answer.
 * **graceful stop**: on SIGTERM the worker stops taking connections, answers every connection
   already queued on the listening socket (the kernel's accept backlog) and every request in
   hand with ``Connection: close``, closes kept-alive connections once idle, then exits
@@ -60,6 +61,7 @@ from service.front_counts import CONNECTION_COUNTS
 from service.front_http import FrontParser
 from service.front_io import (
     AFTER_RESPONSE,
+    TEARDOWN_AFTER_SEND,
     AfterResponse,
     DeadlineSocket,
     EnvironMaker,
@@ -225,7 +227,7 @@ class FrontWorker(GeventWorker):
     def serve(self) -> None:
         self.pool = Pool(self.worker_connections)
         self.listener_names = {listener: listener.getsockname() for listener in self.sockets}
-        extra = {AFTER_RESPONSE: self.after_response.add}
+        extra = {AFTER_RESPONSE: self.after_response.add, TEARDOWN_AFTER_SEND: True}
         if self.batching:
             self.batcher = Batcher(gevent.get_hub(), others_ready=lambda: self.turns.woken > 0)
             extra[BATCH] = self.batcher.predict
@@ -390,6 +392,7 @@ class FrontWorker(GeventWorker):
                 for item in body:
                     resp.write(item)
                 resp.close()
+                sock.flush()  # the answer leaves, then the app's teardown (TEARDOWN_AFTER_SEND)
             finally:
                 if hasattr(body, "close"):
                     body.close()

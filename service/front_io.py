@@ -35,6 +35,11 @@ from service.errors import describe_error
 
 # The WSGI environ key under which the front offers ``AfterResponse.add`` to the app.
 AFTER_RESPONSE = "convserve.after_response"
+# The WSGI environ key by which the front tells the app that it closes each answer (the
+# iterable's ``close()``) once the answer has left, in the request's own greenlet, before it
+# reads the connection's next request: the app may leave its teardown until then
+# (``ServiceFlask.wsgi_app``, service/web.py).
+TEARDOWN_AFTER_SEND = "convserve.teardown_after_send"
 # The work left for after the answers (the metrics' writes) runs this long after the first
 # of them: what /metrics may lag behind the answers.
 AFTER_RESPONSE_DELAY_S = 0.1

@@ -8,15 +8,18 @@ turn HTTP into the data plane's calls and back.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from functools import partial
 
 import orjson
 from flask import Flask, Request, Response
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import MapAdapter
+from werkzeug.wsgi import ClosingIterator
 
 from service.catalog import parse_version_text
 from service.errors import BadRequest, NotFound, UnsupportedMediaType
+from service.front_io import TEARDOWN_AFTER_SEND
 from training.store import validate_name
 
 _CHUNK = 64 * 1024
@@ -83,6 +86,38 @@ class ServiceFlask(Flask):
             environ["REQUEST_METHOD"],
             _wsgi_text(environ.get("QUERY_STRING")),
         )
+
+    def wsgi_app(self, environ: dict, start_response) -> Iterable[bytes]:
+        """Flask's ``wsgi_app``, except that under a server that sends the answer before it
+        closes it (``environ[TEARDOWN_AFTER_SEND]``: the front) the request context is
+        popped, and so the teardown functions run, when the server closes the answer, after
+        it has left, rather than before it is sent: the client does not wait for the app's
+        bookkeeping (the metrics, the access log line: service/access.py). Elsewhere (the
+        test client, another server) Flask's own, unchanged."""
+        if not environ.get(TEARDOWN_AFTER_SEND):
+            return super().wsgi_app(environ, start_response)
+        ctx = self.request_context(environ)
+        error: BaseException | None = None  # what Flask's own hands the teardown
+        try:
+            try:
+                ctx.push()
+                response = self.full_dispatch_request()
+            except Exception as exc:
+                error = exc
+                response = self.handle_exception(exc)
+            except BaseException as exc:
+                error = exc
+                raise
+            body = response(environ, start_response)
+        except BaseException:
+            self._pop_request_context(ctx, error)
+            raise
+        return ClosingIterator(body, partial(self._pop_request_context, ctx, error))
+
+    def _pop_request_context(self, ctx, error: BaseException | None) -> None:
+        if error is not None and self.should_ignore_error(error):
+            error = None
+        ctx.pop(error)
 
     def _plain_hosts(self) -> bool:
         """No setting that makes the host part of routing or of its validation."""

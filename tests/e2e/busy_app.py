@@ -9,6 +9,9 @@
   named by ``$BUSY_MARKER``, so a test knows which worker is busy, and from when.
 * ``GET /_test/batching``: the answering worker's dynamic batching so far (service/batching.py):
   its forward passes and the images they took, or null when it is off.
+* ``GET /_test/held-teardown``: answers at once, then its teardown holds the worker (as the
+  service's bookkeeping would, for longer) until the file ``release`` beside ``$BUSY_MARKER``
+  exists, 20 s at most: the answer must have left before.
 * ``GET /_test/gc``: how many objects the answering worker's garbage collector still walks
   (``tracked``) and how many it was told to leave alone (``frozen``, gc.freeze()).
 """
@@ -21,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from flask import request
+from flask import g, request
 
 from service.app import create_app as create_service_app
 from service.batching import BATCH
@@ -50,6 +53,18 @@ def create_app():
         batcher = predict.__self__
         counts = {"passes": batcher.passes, "images": batcher.images}
         return {"pid": os.getpid(), "batching": counts}
+
+    @app.get("/_test/held-teardown")
+    def held_teardown():
+        g.held_until = Path(os.environ["BUSY_MARKER"]).with_name("release")
+        return {"pid": os.getpid()}
+
+    @app.teardown_request
+    def hold(_exc):
+        release = g.pop("held_until", None)
+        deadline = time.monotonic() + 20
+        while release is not None and not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     @app.get("/_test/gc")
     def collector():

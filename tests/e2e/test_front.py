@@ -124,6 +124,19 @@ def test_keep_alive_serves_several_requests_on_one_connection(front):
         assert closed_by_server(sock, timeout=5)
 
 
+def test_the_answer_leaves_before_the_apps_teardown(front):
+    # /_test/held-teardown's teardown holds its worker until `release` exists (20 s at most):
+    # the answer arrives meanwhile, and the connection serves again once the teardown is done.
+    release = front.busy_marker.with_name("release")
+    release.unlink(missing_ok=True)
+    with connect(front, timeout=5.0) as sock:
+        status, _, _ = exchange(sock, "GET", "/_test/held-teardown")
+        assert status == 200
+        release.write_text("")
+        status, _, _ = exchange(sock, "GET", "/healthz")
+        assert status == 200
+
+
 def test_workers_garbage_collect_only_what_they_made(front):
     """The preloaded app, model and libraries are frozen out of the workers' collections
     (gunicorn.conf.py pre_fork): a full collection would walk all of them, tens of ms."""

@@ -1,14 +1,17 @@
 """service/web.py's ServiceFlask: the URL adapter it makes from a remembered host is the one
 Flask's own ``create_url_adapter`` makes, for every request shape, and hosts Flask refuses
-are refused the same way and never remembered."""
+are refused the same way and never remembered; under a server that offers it
+(``TEARDOWN_AFTER_SEND``), the request's teardown waits until the answer is closed, and
+hands the teardown functions what Flask's own would."""
 
 from __future__ import annotations
 
 import pytest
-from flask import Flask
+from flask import Flask, has_request_context
 from werkzeug.exceptions import SecurityError
 from werkzeug.test import EnvironBuilder
 
+from service.front_io import TEARDOWN_AFTER_SEND
 from service.web import ServiceFlask, ServiceRequest
 
 ADAPTER_FIELDS = (
@@ -123,3 +126,66 @@ def test_remembered_hosts_are_bounded():
         environ = environ_of({"path": "/", "base_url": f"http://host{number}.example"})
         adapter_of(service_app, environ)
         assert len(service_app._hosts) <= ServiceFlask.MAX_HOSTS
+
+
+def app_recording_teardowns() -> tuple[ServiceFlask, list]:
+    """An app whose routes answer, fail (500 from the error handler) or are interrupted, and
+    whose teardown records the error it is handed."""
+    app = ServiceFlask(__name__)
+    torn_down = []
+
+    @app.get("/ok")
+    def ok():
+        return "fine"
+
+    @app.get("/fails")
+    def fails():
+        raise RuntimeError("the view failed")
+
+    @app.get("/interrupted")
+    def interrupted():
+        raise KeyboardInterrupt
+
+    @app.teardown_request
+    def record(exc):
+        torn_down.append(exc)
+
+    return app, torn_down
+
+
+def call_app(app, path: str, after_send: bool):
+    environ = EnvironBuilder(path=path).get_environ()
+    if after_send:
+        environ[TEARDOWN_AFTER_SEND] = True
+    statuses = []
+    body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    return statuses[0], body
+
+
+@pytest.mark.parametrize("path", ["/ok", "/fails"])
+def test_the_teardown_waits_for_the_answer_to_be_closed_when_the_server_says_so(path):
+    app, torn_down = app_recording_teardowns()
+    status, body = call_app(app, path, after_send=True)
+    assert b"".join(body) and torn_down == []  # answered, not yet torn down
+    body.close()
+    assert len(torn_down) == 1
+    assert status.startswith("200") if path == "/ok" else status.startswith("500")
+    error = torn_down[0]
+    assert error is None if path == "/ok" else isinstance(error, RuntimeError)
+    assert not has_request_context()  # nothing of the request's context is left pushed
+
+
+@pytest.mark.parametrize("path", ["/ok", "/fails"])
+def test_elsewhere_the_teardown_runs_before_the_answer_as_in_flask(path):
+    app, torn_down = app_recording_teardowns()
+    _, body = call_app(app, path, after_send=False)
+    assert len(torn_down) == 1  # before the body was even read
+    body.close()
+    assert len(torn_down) == 1
+
+
+def test_an_interrupted_request_is_torn_down_at_once_with_its_interruption():
+    app, torn_down = app_recording_teardowns()
+    with pytest.raises(KeyboardInterrupt):
+        call_app(app, "/interrupted", after_send=True)
+    assert len(torn_down) == 1 and isinstance(torn_down[0], KeyboardInterrupt)
