@@ -202,17 +202,21 @@ def memory(server: Server, total: int, seconds: float) -> dict:
     requests over the 2 workers; in 0.5 s one worker had sometimes served only a few hundred
     and was still warming up) and after ``total``, all sent by wrk with 16 kept-alive
     connections (the same load throughout, so the two figures differ only by what the
-    requests left behind)."""
+    requests left behind); ``path_mb``: [requests sent, MB] after each 5 s of load, which
+    tells a warm-up (a step early, then flat) from a leak (a steady climb)."""
     route = server.routes["predict"]
     server.start()
     try:
         sent = run_wrk(server.url + route.path, 16, 1.0, route.script)["requests"]
         workers = server.worker_pids()
-        first = {pid: rss_mb(pid) for pid in workers}
+        paths = {pid: [[sent, rss_mb(pid)]] for pid in workers}
         first_count, deadline = sent, time.monotonic() + seconds
         while sent < total and time.monotonic() < deadline:
             sent += run_wrk(server.url + route.path, 16, 5, route.script)["requests"]
-        last = {pid: rss_mb(pid) for pid in server.worker_pids()}
+            alive = set(server.worker_pids())
+            for pid, path in paths.items():
+                if pid in alive:
+                    path.append([sent, rss_mb(pid)])
     finally:
         server.stop()
     return {
@@ -220,12 +224,13 @@ def memory(server: Server, total: int, seconds: float) -> dict:
         "requests": sent,
         "workers": [
             {
-                "after_first_mb": first[pid],
-                "after_all_mb": last[pid],
-                "growth_mb": last[pid] - first[pid],
+                "after_first_mb": path[0][1],
+                "after_all_mb": path[-1][1],
+                "growth_mb": path[-1][1] - path[0][1],
+                "path_mb": path,
             }
-            for pid in first
-            if pid in last
+            for path in paths.values()
+            if path[-1][0] == sent  # the worker lived to the end
         ],
     }
 
@@ -356,7 +361,8 @@ def print_report(report: dict) -> None:
         print(
             f"worker {number}: RSS {worker['after_first_mb']:.1f} MB after the first "
             f"{mem['first_requests']} requests, {worker['after_all_mb']:.1f} MB after "
-            f"{mem['requests']} ({worker['growth_mb']:+.1f} MB)"
+            f"{mem['requests']} ({worker['growth_mb']:+.1f} MB); on the way: "
+            + ", ".join(f"{mb:.1f} at {count:,}" for count, mb in worker.get("path_mb", []))
         )
     for name, figures in report["slow_clients"].items():
         print(
