@@ -40,7 +40,8 @@ class ServiceRequest(Request):
 
 
 class ServiceFlask(Flask):
-    """Flask, with each request's URL adapter made from what is remembered per host.
+    """Flask, with each request's URL adapter made from what is remembered per host, and,
+    under the front, the request's teardown after the answer has left (``wsgi_app``).
 
     Flask binds the URL map to every request's environ (``Map.bind_to_environ``): it works
     out and validates the host twice, checks for a WebSocket upgrade, lowers and IDNA-encodes
