@@ -12,6 +12,7 @@
 * ``GET /_test/held-teardown``: answers at once, then its teardown holds the worker (as the
   service's bookkeeping would, for longer) until the file ``release`` beside ``$BUSY_MARKER``
   exists, 20 s at most: the answer must have left before.
+* ``GET /_test/failing-teardown``: answers, then its teardown raises.
 * ``GET /_test/gc``: how many objects the answering worker's garbage collector still walks
   (``tracked``) and how many it was told to leave alone (``frozen``, gc.freeze()).
 """
@@ -59,8 +60,15 @@ def create_app():
         g.held_until = Path(os.environ["BUSY_MARKER"]).with_name("release")
         return {"pid": os.getpid()}
 
+    @app.get("/_test/failing-teardown")
+    def failing_teardown():
+        g.teardown_fails = True
+        return {"pid": os.getpid()}
+
     @app.teardown_request
-    def hold(_exc):
+    def hold_or_fail(_exc):
+        if g.pop("teardown_fails", False):
+            raise RuntimeError("a teardown function failed (tests/e2e/busy_app.py)")
         release = g.pop("held_until", None)
         deadline = time.monotonic() + 20
         while release is not None and not release.exists() and time.monotonic() < deadline:

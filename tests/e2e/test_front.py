@@ -137,6 +137,17 @@ def test_the_answer_leaves_before_the_apps_teardown(front):
         assert status == 200
 
 
+def test_a_teardown_that_fails_after_the_answer_closes_only_its_connection(front):
+    with connect(front) as sock:
+        status, _, body = exchange(sock, "GET", "/_test/failing-teardown")
+        assert status == 200  # the answer had left: only closing is left to do
+        assert closed_by_server(sock, timeout=5)
+    assert body["pid"] in front.worker_pids()  # the worker lives on, and serves
+    with connect(front) as sock:
+        assert exchange(sock, "GET", "/healthz")[0] == 200
+    assert "a teardown function failed" in front.log_text()
+
+
 def test_workers_garbage_collect_only_what_they_made(front):
     """The preloaded app, model and libraries are frozen out of the workers' collections
     (gunicorn.conf.py pre_fork): a full collection would walk all of them, tens of ms."""
