@@ -67,14 +67,19 @@ def versus_kserve(
     ours, theirs = row(rows, server, route, level), row(rows, "kserve", kserve_route, level)
     if not (ours and theirs):
         return None
-    paired = statistics.median(a / b for a, b in zip(ours["runs"], theirs["runs"], strict=True))
-    figure = f"{paired:.2f}x (runs {ratio_list(ours, theirs)}; medians' ratio "
-    figure += f"{ours['rps'] / theirs['rps']:.2f}x)"
+    paired, figure = paired_ratio(ours["runs"], theirs["runs"])
     return (f"{what}, c={level}", figure, f">= {target}x", paired >= target)
 
 
-def ratio_list(ours: dict, theirs: dict) -> str:
-    return " ".join(f"{a / b:.2f}" for a, b in zip(ours["runs"], theirs["runs"], strict=True))
+def paired_ratio(ours: list[float], theirs: list[float]) -> tuple[float, str]:
+    """Two servers' req/s, run by run (the runs of a repetition seconds apart) -> the median
+    of the runs' own ratios, and that figure as printed: with each ratio and the ratio of
+    the medians."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    paired = statistics.median(ratios)
+    medians = statistics.median(ours) / statistics.median(theirs)
+    runs = " ".join(f"{ratio:.2f}" for ratio in ratios)
+    return paired, f"{paired:.2f}x (runs {runs}; medians' ratio {medians:.2f}x)"
 
 
 def level_checks(rows: list[dict], level: int) -> list[tuple]:
@@ -124,10 +129,7 @@ def close_check(close: dict) -> tuple:
     median of the repetitions' own ratios must be no worse (no slack: a ratio under 1.0 is
     reported as not met, even when it is within the run-to-run noise)."""
     front, sync = ([r["rps"] for r in close[name]] for name in ("convserve", "convserve-sync"))
-    paired = statistics.median(a / b for a, b in zip(front, sync, strict=True))
-    runs = " ".join(f"{a / b:.2f}" for a, b in zip(front, sync, strict=True))
-    medians = statistics.median(front) / statistics.median(sync)
-    figure = f"{paired:.2f}x (runs {runs}; medians' ratio {medians:.2f}x)"
+    paired, figure = paired_ratio(front, sync)
     return ("Connection: close, front vs sync workers", figure, ">= 1.0x (no worse)", paired >= 1)
 
 

@@ -35,6 +35,7 @@ Every run is bounded: wrk runs ``--duration`` seconds, the slow-client phase
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -74,19 +75,26 @@ def throughput(servers: list[Server], levels: list[int], reps: int, duration: fl
     machine whose speed drifts over minutes, the servers started alone one after the other
     (this benchmark's first design) measured the drift as much as the servers."""
     runs: dict = {server.name: {} for server in servers}
-    try:
-        for server in servers:
-            server.start()
-            warm_up(server)
+    with all_running(servers):
         for rep in range(reps):
             order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
             for level in levels:
                 for server in order:
                     measure_routes(server, level, duration, runs[server.name], rep)
+    return runs
+
+
+@contextlib.contextmanager
+def all_running(servers: list[Server]):
+    """Every server started and warmed up, for the runs that compare them; stopped after."""
+    try:
+        for server in servers:
+            server.start()
+            warm_up(server)
+        yield
     finally:
         for server in servers:
             server.stop()
-    return runs
 
 
 def measure_routes(server: Server, level: int, duration: float, into: dict, rep: int) -> None:
@@ -110,13 +118,10 @@ def closing_clients(servers: list[Server], level: int, reps: int, duration: floa
     """/predict with ``Connection: close`` (a connection per request): {server: [results]},
     paired as ``throughput`` is: both servers started and warmed up first, then each
     repetition runs them back to back (order alternating). Started and stopped for each run
-    in turn, ~15 s apart, the same code measured 1.10x and 0.97x of the sync workers in two
-    runs an hour apart on this drifting machine."""
+    in turn, ~15 s apart, the same code measured 1.12x and 0.97x of the sync workers in two
+    runs 20 minutes apart on this drifting machine."""
     runs: dict = {server.name: [] for server in servers}
-    try:
-        for server in servers:
-            server.start()
-            warm_up(server)
+    with all_running(servers):
         for rep in range(reps):
             for server in servers[rep % 2 :] + servers[: rep % 2]:
                 route = server.routes["predict"]
@@ -129,9 +134,6 @@ def closing_clients(servers: list[Server], level: int, reps: int, duration: floa
                     f"  p99 {result.get('p99_ms', 0):7.2f} ms  errors {errors(result)}",
                     flush=True,
                 )
-    finally:
-        for server in servers:
-            server.stop()
     return runs
 
 
