@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import requests
 import yaml
 
+from service.front_io import AFTER_RESPONSE_DELAY_S
 from service.metrics import ServiceMetrics
 from tests.support import REPO
 from tests.support.bundles import make_store
@@ -42,7 +44,12 @@ def exposition(tmp_path_factory) -> str:
             == 400
         )
         # 6 + 1 + 1 inference requests, each counted just after its answer left.
-        return settled_metrics(server.url + "/metrics", "convserve_inference_requests_total", 8)
+        settled_metrics(server.url + "/metrics", "convserve_inference_requests_total", 8)
+        # The scrapes that waited for them are out of flight too only once each worker has
+        # written its count down, AFTER_RESPONSE_DELAY_S later; a scrape answered by one
+        # worker meanwhile would still see the other's last one in flight.
+        time.sleep(3 * AFTER_RESPONSE_DELAY_S)
+        return requests.get(server.url + "/metrics", timeout=10).text
     finally:
         server.stop()
 
